@@ -1,0 +1,737 @@
+"""SystemdBackend: each job is a transient unit started over D-Bus.
+
+Lifecycle of a service job (the default)::
+
+    StartTransientUnit(condor-job-<id>.service, Type=exec, ExecStopPost=-sleep infinity)
+      JobRemoved(start, done)        -> running: read the limits back from the unit's cgroup
+      SubState=stop-sigterm          -> the main process ended and left processes: SIGKILL them
+      SubState=stop-post             -> everything the job ran is gone; the cgroup is still there,
+                                        held by the ExecStopPost sleeper
+    finish: GetAll (exit status, Result) -> read accounting from the cgroup
+            -> SIGKILL the sleeper -> UnitRemoved (CollectMode=inactive-or-failed)
+
+The sleeper exists because systemd removes a unit's cgroup as soon as it is empty, and with it
+the accounting systemd 252 does not export (user/system CPU, peak memory, OOM kills). If the
+wrapper dies, TimeoutStopSec ends the sleeper and systemd collects the unit anyway.
+
+A scope job is forked by the wrapper, held until systemd has moved it into the new scope, then
+released to exec. A sentinel process (all signals blocked) keeps the scope's cgroup alive until
+the accounting has been read; leftovers are killed first, by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import select
+import signal
+import time
+from typing import Any
+
+from ..errors import (
+    BackendUnavailable,
+    CommandNotExecutable,
+    CommandNotFound,
+    CondorSystemdError,
+    LaunchError,
+    UnitExists,
+    UsageError,
+)
+from ..log import Log
+from ..spec import JobSpec
+from ..usage import Usage
+from . import cgroupfs, properties
+from .bus import BusError, Connection
+
+UNIT_IFACE = "org.freedesktop.systemd1.Unit"
+SERVICE_IFACE = "org.freedesktop.systemd1.Service"
+SCOPE_IFACE = "org.freedesktop.systemd1.Scope"
+CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
+CLEANUP_TIMEOUT = 10.0
+SLEEP = next((p for p in ("/usr/bin/sleep", "/bin/sleep") if os.path.exists(p)), "/bin/sleep")
+# rlimits the job inherits from the wrapper, as it would under HTCondor without us.
+RLIMITS = {"CPU": resource.RLIMIT_CPU, "FSIZE": resource.RLIMIT_FSIZE,
+           "DATA": resource.RLIMIT_DATA, "STACK": resource.RLIMIT_STACK,
+           "CORE": resource.RLIMIT_CORE, "NOFILE": resource.RLIMIT_NOFILE,
+           "AS": resource.RLIMIT_AS, "NPROC": resource.RLIMIT_NPROC,
+           "MEMLOCK": resource.RLIMIT_MEMLOCK}
+# ExecMainStatus values systemd uses when it fails to set up the job (systemd.exec(5)).
+SETUP_FAILURES = {200: "cannot change to the working directory", 203: "cannot execute the command",
+                  216: "unknown group", 217: "unknown user", 218: "cannot set up output",
+                  226: "cannot set up namespaces (sandboxing)", 228: "cannot set up /tmp"}
+
+
+def unit_object_path(unit: str) -> str:
+    """sd_bus_path_encode(): every byte but [A-Za-z0-9] becomes _xx; so does a leading digit."""
+    out = []
+    for i, ch in enumerate(unit.encode()):
+        c = chr(ch)
+        if c.isascii() and c.isalnum() and not (i == 0 and c.isdigit()):
+            out.append(c)
+        else:
+            out.append(f"_{ch:02x}")
+    return "/org/freedesktop/systemd1/unit/" + "".join(out)
+
+
+def _map_bus_error(exc: BusError, unit: str) -> CondorSystemdError:
+    """systemd's D-Bus errors, in words an administrator can act on."""
+    name = exc.name.rsplit(".", 1)[-1]
+    if name == "UnitExists":
+        return UnitExists(f"unit {unit} already exists (is job '{unit[11:].rsplit('.', 1)[0]}' "
+                          "already running? choose another --name)")
+    if name in ("AccessDenied", "InteractiveAuthorizationRequired"):
+        return BackendUnavailable(f"not permitted to start system units: {exc.text or name} "
+                                  "(run as root)")
+    if name in ("InvalidArgs", "PropertyReadOnly"):
+        return LaunchError(f"systemd refused the unit {unit}: {exc.text or name}")
+    if not exc.name:
+        return LaunchError(f"lost the connection to systemd: {exc.text}")
+    return LaunchError(f"systemd failed for {unit}: {exc.text or exc.name}")
+
+
+class SystemdBackend:
+    name = "systemd"
+
+    def __init__(self, conn: Connection, version: int) -> None:
+        self.conn = conn
+        self.version = version
+
+    @classmethod
+    def connect(cls) -> SystemdBackend:
+        if not os.path.isdir("/run/systemd/system"):
+            raise BackendUnavailable("systemd is not the init system here "
+                                     "(no /run/systemd/system)")
+        try:
+            conn = Connection.open()
+            (variant,) = conn.call("/org/freedesktop/systemd1", "org.freedesktop.DBus.Properties",
+                                   "Get", "ss", ("org.freedesktop.systemd1.Manager", "Version"))
+        except BusError as exc:
+            raise BackendUnavailable(f"cannot reach systemd over D-Bus: {exc}") from None
+        text = variant[1]
+        digits = "".join(c for c in text.split(".")[0] if c.isdigit())
+        return cls(conn, int(digits) if digits else 0)
+
+    def start(self, spec: JobSpec, stdio: tuple[int, int, int], log: Log) -> SystemdJob:
+        job = (ScopeJob if spec.scope else ServiceJob)(self, spec, log)
+        job.launch(stdio)
+        return job
+
+
+class SystemdJob:
+    """What services and scopes share: properties, events, accounting, cleanup."""
+
+    iface = SERVICE_IFACE
+
+    def __init__(self, backend: SystemdBackend, spec: JobSpec, log: Log) -> None:
+        self.conn = backend.conn
+        self.version = backend.version
+        self.spec = spec
+        self.log = log
+        self.unit: str | None = spec.unit_name
+        self.path = unit_object_path(spec.unit_name)
+        self.layout = cgroupfs.probe_layout()
+        self.enforced: dict[str, object] = {}
+        self.phase = "starting"  # starting -> running -> ended | start-failed
+        self.start_result = ""
+        self.active_state = self.sub_state = ""
+        self.cgroup: str | None = None
+        self.created = False
+        self.removed = False
+        self.stop_requested = False
+        self.leftovers_killed = False
+        self.launched_at = time.monotonic()
+        self.ended_at: float | None = None
+        log.unit, log.job_id = spec.unit_name, spec.job_id
+
+    def launch(self, stdio: tuple[int, int, int]) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> Usage:
+        raise NotImplementedError
+
+    # -- building the unit -------------------------------------------------------------------
+    def common_properties(self) -> list[tuple[str, tuple[str, object]]]:
+        spec, enc = self.spec, properties.encode
+        props = [enc("Description", spec.description), enc("Slice", spec.slice),
+                 enc("CollectMode", "inactive-or-failed"),
+                 enc("TimeoutStopSec", int(spec.stop_timeout * 1e6))]
+        props += [enc(n, True) for n in ("CPUAccounting", "MemoryAccounting", "IOAccounting",
+                                         "TasksAccounting")]
+        for field, name in properties.LIMIT_PROPERTY.items():
+            value = getattr(spec.limits, field)
+            if value is None:
+                continue
+            if field == "cpu_quota_percent":
+                value = properties.cpu_quota_usec(value)
+            elif field == "allowed_cpus":
+                value = properties.cpu_mask(value)
+            props.append(enc(name, value))
+        for name, text in spec.properties:
+            props.append(properties.encode_text(name, text))
+        return props
+
+    def filter_properties(self, props: list) -> list:
+        """Drop what this manager (version) or unit type cannot take, and say so."""
+        kept = []
+        for dbus_name, variant in props:
+            name = properties.name_for_dbus(dbus_name) or dbus_name
+            prop = properties.TABLE.get(name)
+            if prop and prop.since > self.version:
+                self.note_dropped(name, f"not sent: systemd {self.version} lacks {name} "
+                                        f"(added in {prop.since})")
+            elif prop and prop.services_only and self.spec.scope:
+                self.note_dropped(name, "not sent: scopes cannot be sandboxed")
+            else:
+                kept.append((dbus_name, variant))
+        return kept
+
+    def note_dropped(self, name: str, why: str) -> None:
+        key = _record_key(name)
+        self.enforced[key] = why
+        self.log.notice(f"{name}: {why}")
+
+    def start_unit(self, props: list) -> None:
+        props = self.filter_properties(props)
+        for _attempt in range(len(props) + 1):
+            try:
+                self.conn.call_manager("StartTransientUnit", "ssa(sv)a(sa(sv))",
+                                       (self.unit, "fail", props, []))
+                self.created = True
+                return
+            except BusError as exc:
+                unknown = _unknown_property(exc)
+                if unknown and any(p[0] == unknown for p in props):
+                    props = [p for p in props if p[0] != unknown]
+                    name = properties.name_for_dbus(unknown) or unknown
+                    self.note_dropped(name, f"not sent: systemd {self.version} does not accept "
+                                            f"{name} here")
+                    continue
+                raise _map_bus_error(exc, self.spec.unit_name) from None
+            except UnicodeEncodeError:
+                raise UsageError("the command, its arguments or working directory are not valid "
+                                 "UTF-8; systemd cannot pass them on") from None
+
+    # -- events ------------------------------------------------------------------------------
+    def fds(self) -> list[int]:
+        return [self.conn.fileno()]
+
+    def poll(self) -> bool:
+        # Handling one signal can make calls, during which more signals queue up: drain them all
+        # here, or the wait loop would sleep on a socket whose news was already read.
+        while messages := self._read_signals():
+            for msg in messages:
+                self.handle(msg)
+        return self.has_ended()
+
+    def _read_signals(self) -> list:
+        try:
+            return self.conn.read_signals()
+        except BusError as exc:
+            raise _map_bus_error(exc, self.spec.unit_name) from None
+
+    def handle(self, msg: Any) -> None:
+        fields = msg.header.fields
+        member = fields.get(_MEMBER)
+        if member == "JobRemoved" and msg.body[2] == self.unit:
+            self.on_job_removed(msg.body[3])
+        elif member == "PropertiesChanged" and fields.get(_PATH) == self.path:
+            iface, changed, _invalidated = msg.body
+            if iface == UNIT_IFACE:
+                self.active_state = changed.get("ActiveState", ("s", self.active_state))[1]
+                self.sub_state = changed.get("SubState", ("s", self.sub_state))[1]
+                self.has_ended()  # decide now: the verdict must not be undone by a stale signal
+        elif member == "UnitRemoved" and msg.body[0] == self.unit:
+            self.removed = True
+
+    def on_job_removed(self, result: str) -> None:
+        if self.phase != "starting":
+            return
+        if result != "done":
+            self.phase, self.start_result = "start-failed", result
+            return
+        self.phase = "running"
+        props = self.get_all(UNIT_IFACE)
+        self.active_state = props.get("ActiveState", "")
+        self.sub_state = props.get("SubState", "")
+        self.cgroup = self.get_all(self.iface).get("ControlGroup") or None
+        self.verify_limits()
+        self.log.info(f"started {self.spec.description}")
+        self.has_ended()
+
+    def has_ended(self) -> bool:
+        if self.phase == "starting" and self.sub_state == "stop-post":
+            # Type=exec: the exec failed. The start job only completes once the unit is
+            # inactive, i.e. after our ExecStopPost sleeper; do not wait for it.
+            self.phase, self.start_result = "start-failed", "failed"
+        if self.phase == "start-failed":
+            return True
+        if self.phase == "running" and self.main_has_ended():
+            self.phase = "ended"
+            self.ended_at = time.monotonic()
+        return self.phase == "ended"
+
+    def main_has_ended(self) -> bool:
+        return self.sub_state == "exited" or self.active_state in ("inactive", "failed")
+
+    def get_all(self, iface: str) -> dict:
+        try:
+            return self.conn.get_all(self.path, iface)
+        except BusError as exc:
+            raise _map_bus_error(exc, self.spec.unit_name) from None
+
+    def verify_limits(self) -> None:
+        asked = {k: v for k, v in self.spec.limits.asked().items() if k not in self.enforced}
+        if not asked:
+            return
+        if not self.cgroup:
+            for key in asked:
+                self.enforced[key] = "unknown: systemd reported no cgroup for the unit"
+            return
+        actual = cgroupfs.read_limits(self.layout, self.cgroup)
+        for key, verdict in cgroupfs.verify(asked, actual, self.layout).items():
+            self.enforced[key] = verdict
+            if verdict is not True:
+                self.log.notice(f"{key}: {verdict}")
+
+    # -- control -----------------------------------------------------------------------------
+    def send_signal(self, signum: int) -> None:
+        if self.phase == "ended":
+            return  # nothing of the job runs any more; only our cgroup holder would get it
+        self.log.info(f"forwarding {signal.Signals(signum).name} to every process of the job")
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.stop_requested = True  # leftovers then get the stop timeout's grace
+        self.kill_unit(signum)
+
+    def kill(self) -> None:
+        if self.phase == "ended":
+            return
+        self.log.notice("stop timeout reached: killing every process of the job")
+        self.kill_unit(signal.SIGKILL)
+
+    def kill_unit(self, signum: int) -> None:
+        if not self.created:
+            return
+        try:
+            self.conn.call_manager("KillUnit", "ssi", (self.unit, "all", int(signum)))
+        except BusError as exc:
+            self.log.warning(f"KillUnit({signum}) failed: {exc}")
+
+    def wait_until_empty(self, timeout: float) -> bool:
+        """Wait for the cgroup to lose its last process: poll() on cgroup.events, no busy loop."""
+        assert self.cgroup is not None
+        deadline = time.monotonic() + timeout
+        path = cgroupfs.events_path(self.layout, self.cgroup)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if path else None
+        try:
+            poller = select.poll()
+            if fd is not None:
+                poller.register(fd, select.POLLPRI | select.POLLERR)
+            while cgroupfs.populated(self.layout, self.cgroup):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                # Without cgroup.events (legacy v1) there is nothing to wait on: recheck at 10 ms.
+                poller.poll(left * 1000 if fd is not None else 10)
+                if fd is not None:
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    os.read(fd, 4096)
+            return True
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def remove_unit(self) -> None:
+        """Stop the unit and wait until systemd has dropped it."""
+        if not self.created or self.removed:
+            return
+        try:
+            self.conn.call_manager("StopUnit", "ss", (self.unit, "replace"))
+        except BusError as exc:
+            if not exc.name.endswith("NoSuchUnit"):
+                self.log.warning(f"StopUnit failed: {exc}")
+                self.reset_failed()
+            return
+        self.wait_removed()
+
+    def wait_removed(self) -> None:
+        """Wait for UnitRemoved; a failed unit that lingers is reset so that it goes too."""
+        deadline = time.monotonic() + self.spec.stop_timeout + CLEANUP_TIMEOUT
+        while self.created and not self.removed and time.monotonic() < deadline:
+            select.select([self.conn.fileno()], [], [], max(0.0, deadline - time.monotonic()))
+            self.poll()
+            if not self.removed and self.active_state == "failed":
+                self.reset_failed()
+        if self.created and not self.removed:
+            self.log.warning(f"{self.unit} was not removed within the cleanup timeout")
+
+    def reset_failed(self) -> None:
+        try:
+            self.conn.call_manager("ResetFailedUnit", "s", (self.unit,))
+        except BusError:
+            pass
+
+    def abort(self) -> None:
+        try:
+            self.kill_unit(signal.SIGKILL)
+            self.remove_unit()
+        except CondorSystemdError:
+            pass
+
+    # -- results -----------------------------------------------------------------------------
+    def start_failure(self, code: int, status: int) -> LaunchError:
+        what = SETUP_FAILURES.get(status) if code == CLD_EXITED else None
+        detail = f" ({what}, status {status})" if what else ""
+        if status == 203 and code == CLD_EXITED:
+            return CommandNotExecutable(f"{self.spec.argv[0]}: systemd {what}")
+        return LaunchError(f"systemd could not start {self.unit}: {self.start_result}{detail}; "
+                           f"see journalctl -u {self.unit}")
+
+    def make_usage(self, code: int, status: int, acct: cgroupfs.Accounting,
+                   wall: float | None, result: str = "") -> Usage:
+        exit_code = status if code == CLD_EXITED else None
+        signum = status if code in (CLD_KILLED, CLD_DUMPED) else None
+        oom = None if acct.oom_kills is None else acct.oom_kills > 0
+        if result == "oom-kill":  # cgroup v2: systemd saw memory.events' oom_kill itself
+            oom = True
+        enforced = dict(self.enforced)
+        for key, value in self.spec.sandbox.asked().items():
+            if value and key not in enforced:
+                enforced[key] = True  # systemd sets these up at exec or fails the start
+        usage = Usage(
+            unit=self.unit, backend="systemd", job_id=self.spec.job_id, exit_code=exit_code,
+            signal=signum, oom_killed=oom, wall_seconds=wall,
+            cpu_user_seconds=acct.cpu_user_seconds, cpu_system_seconds=acct.cpu_system_seconds,
+            memory_peak_bytes=acct.memory_peak_bytes, io_read_bytes=acct.io_read_bytes,
+            io_write_bytes=acct.io_write_bytes, tasks_peak=acct.tasks_peak,
+            limits={**self.spec.limits.asked(), **self.spec.sandbox.asked()},
+            enforced=enforced, cgroup_layout=self.layout.kind, systemd_version=self.version)
+        outcome = f"exit code {exit_code}" if signum is None else f"signal {signum}"
+        self.log.info(f"finished: {outcome}, cpu user {_fmt(acct.cpu_user_seconds)} s, "
+                      f"system {_fmt(acct.cpu_system_seconds)} s, peak memory "
+                      f"{acct.memory_peak_bytes} bytes{', OOM kill' if oom else ''}")
+        return usage
+
+
+class ServiceJob(SystemdJob):
+    iface = SERVICE_IFACE
+
+    def launch(self, stdio: tuple[int, int, int]) -> None:
+        spec, enc = self.spec, properties.encode
+        props = [enc("Type", "exec"),
+                 enc("ExecStart", [(spec.executable, list(spec.argv), False)]),
+                 enc("WorkingDirectory", spec.cwd),
+                 enc("Environment", self.environment()),
+                 enc("StandardInputFileDescriptor", stdio[0]),
+                 enc("StandardOutputFileDescriptor", stdio[1]),
+                 enc("StandardErrorFileDescriptor", stdio[2]),
+                 # holds the cgroup (and its accounting) until finish() has read it
+                 enc("ExecStopPost", [(SLEEP, ["sleep", "infinity"], True)]),
+                 enc("IgnoreSIGPIPE", False),  # jobs expect SIGPIPE's default action
+                 enc("UMask", _current_umask())]
+        props += _rlimit_properties()
+        if spec.user:
+            props.append(enc("User", spec.user))
+        if spec.group:
+            props.append(enc("Group", spec.group))
+        props += self.sandbox_properties()
+        self.start_unit(props + self.common_properties())
+
+    def environment(self) -> list[str]:
+        """The job's environment, minus what systemd would refuse (it would refuse the unit)."""
+        out = []
+        for name, value in self.spec.environment.items():
+            if _valid_env_name(name) and _valid_env_value(value):
+                out.append(f"{name}={value}")
+            else:
+                self.log.notice(f"environment variable {name!r} not passed: systemd does not "
+                                "accept its name or value")
+        return out
+
+    def sandbox_properties(self) -> list:
+        sandbox, enc = self.spec.sandbox, properties.encode
+        props = []
+        if sandbox.private_tmp:
+            if _under_tmp(self.spec.cwd):
+                self.enforced["private_tmp"] = ("off: the working directory is under /tmp or "
+                                                "/var/tmp, which a private /tmp would hide")
+            else:
+                props.append(enc("PrivateTmp", True))
+        if sandbox.private_users:
+            props.append(enc("PrivateUsers", True))
+        if sandbox.protect_system:
+            props.append(enc("ProtectSystem", sandbox.protect_system))
+            if sandbox.protect_system == "strict":  # the job must still write its own sandbox
+                rw = [self.spec.cwd]
+                scratch = self.spec.environment.get("_CONDOR_SCRATCH_DIR")
+                if scratch and scratch != self.spec.cwd and os.path.isdir(scratch):
+                    rw.append(scratch)
+                props.append(enc("ReadWritePaths", rw))
+        return props
+
+    def main_has_ended(self) -> bool:
+        if self.sub_state in ("stop-sigterm", "stop-sigkill") and not self.stop_requested \
+                and not self.leftovers_killed:
+            # The main process is gone; as under HTCondor, what it left behind dies at once.
+            self.leftovers_killed = True
+            self.log.info("main process ended: killing the processes it left behind")
+            self.kill_unit(signal.SIGKILL)
+        return self.sub_state == "stop-post" or self.active_state in ("inactive", "failed")
+
+    def finish(self) -> Usage:
+        props = self.get_all(SERVICE_IFACE)
+        code, status = props.get("ExecMainCode", 0), props.get("ExecMainStatus", 0)
+        if self.phase == "start-failed":
+            self.release_cgroup()
+            raise self.start_failure(code, status)
+        self.cgroup = props.get("ControlGroup") or self.cgroup
+        acct = cgroupfs.Accounting()
+        if self.cgroup and self.sub_state == "stop-post":
+            acct = cgroupfs.read_accounting(self.layout, self.cgroup)
+        else:
+            self.log.warning(f"the unit's cgroup was gone before it could be read "
+                             f"(state {self.active_state}/{self.sub_state})")
+        started = props.get("ExecMainStartTimestampMonotonic", 0)
+        exited = props.get("ExecMainExitTimestampMonotonic", 0)
+        wall = (exited - started) / 1e6 if started and exited >= started else None
+        usage = self.make_usage(code, status, acct, wall, props.get("Result", ""))
+        self.release_cgroup()
+        return usage
+
+    def release_cgroup(self) -> None:
+        """End the ExecStopPost sleeper; the unit then goes inactive and is collected."""
+        if self.created and not self.removed:
+            try:
+                self.conn.call_manager("KillUnit", "ssi", (self.unit, "control", signal.SIGKILL))
+            except BusError:
+                pass
+        self.wait_removed()
+
+
+class ScopeJob(SystemdJob):
+    iface = SCOPE_IFACE
+
+    def launch(self, stdio: tuple[int, int, int]) -> None:
+        self.main_pid = self.sentinel_pid = None
+        self.status: int | None = None
+        self.enforced["private_tmp"] = "not sent: scopes cannot be sandboxed"
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        hold_r, self.hold_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self.main_pid = _fork_job(self.spec, stdio, go_r, err_w)
+            self.sentinel_pid = _fork_sentinel(hold_r)
+            os.close(err_w)
+            err_w = -1
+            self.pidfd = os.pidfd_open(self.main_pid)
+            props = [properties.encode("PIDs", [self.main_pid, self.sentinel_pid])]
+            self.start_unit(props + self.common_properties())
+            while self.phase == "starting":  # the job may exec only once it is in the scope
+                select.select([self.conn.fileno()], [], [])
+                self.poll()
+            if self.phase == "start-failed":
+                raise LaunchError(f"systemd could not start {self.unit}: {self.start_result}")
+            os.write(go_w, b"x")
+            os.close(go_w)
+            go_w = -1
+            failure = _read_all(err_r)
+            if failure:
+                errno_ = int(failure)
+                if errno_ == 2:
+                    raise CommandNotFound(f"{self.spec.argv[0]}: command not found")
+                raise CommandNotExecutable(f"{self.spec.argv[0]}: {os.strerror(errno_)}")
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            for fd in (go_r, go_w, err_r, err_w, hold_r):
+                if fd >= 0:
+                    os.close(fd)
+
+    def fds(self) -> list[int]:
+        return [self.conn.fileno(), self.pidfd]
+
+    def main_has_ended(self) -> bool:
+        if self.status is None and self.main_pid:
+            pid, status = os.waitpid(self.main_pid, os.WNOHANG)
+            if pid:
+                self.status = status
+        return self.status is not None
+
+    def kill_leftovers(self) -> None:
+        """SIGKILL every process of the scope but the sentinel, by pidfd, until none is left."""
+        assert self.cgroup is not None
+        deadline = time.monotonic() + CLEANUP_TIMEOUT
+        while time.monotonic() < deadline:
+            pids = [p for p in cgroupfs.procs(self.layout, self.cgroup) or []
+                    if p != self.sentinel_pid]
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    fd = os.pidfd_open(pid)
+                except OSError:
+                    continue
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+            time.sleep(0.001)  # let the kernel finish the kills before rereading cgroup.procs
+        self.log.warning("processes survived SIGKILL; accounting may be incomplete")
+
+    def finish(self) -> Usage:
+        self.has_ended()
+        acct = cgroupfs.Accounting()
+        if self.cgroup:
+            self.kill_leftovers()
+            acct = cgroupfs.read_accounting(self.layout, self.cgroup)
+        status = self.status or 0
+        if os.WIFSIGNALED(status):
+            code, value = CLD_KILLED, os.WTERMSIG(status)
+        else:
+            code, value = CLD_EXITED, os.WEXITSTATUS(status)
+        wall = (self.ended_at or time.monotonic()) - self.launched_at
+        usage = self.make_usage(code, value, acct, wall)
+        self.release_sentinel()
+        self.remove_unit()
+        return usage
+
+    def release_sentinel(self) -> None:
+        if self.hold_w >= 0:
+            os.close(self.hold_w)
+            self.hold_w = -1
+        if self.sentinel_pid:
+            os.waitpid(self.sentinel_pid, 0)
+            self.sentinel_pid = None
+
+    def abort(self) -> None:
+        for pid in (self.main_pid, self.sentinel_pid):
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except (ChildProcessError, ProcessLookupError):
+                    pass
+        self.sentinel_pid = None
+        super().abort()
+
+
+def _fork_job(spec: JobSpec, stdio: tuple[int, int, int], go_r: int, err_w: int) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    try:  # child: wait until the scope exists, then become the job
+        for target, fd in enumerate(stdio):
+            if fd != target:
+                os.dup2(fd, target, inheritable=True)
+        if spec.group:
+            os.setgid(_gid(spec.group))
+        if spec.user:
+            os.setgroups([])
+            os.setuid(_uid(spec.user))
+        os.chdir(spec.cwd)
+        for s in range(1, signal.NSIG):
+            try:
+                signal.signal(s, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        if not os.read(go_r, 1):
+            os._exit(125)
+        os.execve(spec.executable, list(spec.argv), dict(spec.environment))
+    except OSError as exc:
+        os.write(err_w, str(exc.errno or 0).encode())
+    finally:
+        os._exit(127)
+
+
+def _fork_sentinel(hold_r: int) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    try:  # child: live, deaf to forwarded signals, until the wrapper closes the pipe
+        signal.pthread_sigmask(signal.SIG_BLOCK, range(1, signal.NSIG))
+        os.read(hold_r, 1)
+    finally:
+        os._exit(0)
+
+
+def _uid(user: str) -> int:
+    import pwd
+
+    return int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+
+
+def _gid(group: str) -> int:
+    import grp
+
+    return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+
+
+def _read_all(fd: int) -> bytes:
+    data = b""
+    while chunk := os.read(fd, 64):
+        data += chunk
+    return data
+
+
+def _unknown_property(exc: BusError) -> str | None:
+    # systemd: "Cannot set property X, or unknown property." (org.freedesktop.DBus.Error.*)
+    marker = "Cannot set property "
+    if marker in exc.text:
+        return exc.text.split(marker, 1)[1].split(",", 1)[0].strip()
+    return None
+
+
+def _record_key(name: str) -> str:
+    """The usage record's key for a property: a Limits/Sandbox field when it is one."""
+    for table in (properties.LIMIT_PROPERTY, properties.SANDBOX_PROPERTY):
+        for key, prop_name in table.items():
+            if prop_name == name:
+                return key
+    return name
+
+
+def _valid_env_name(name: str) -> bool:
+    return bool(name) and not name[0].isdigit() and all(
+        c == "_" or (c.isascii() and c.isalnum()) for c in name)
+
+
+def _valid_env_value(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return all(c >= " " or c in "\t\n" for c in value) and "\x7f" not in value
+
+
+def _under_tmp(path: str) -> bool:
+    real = os.path.realpath(path)
+    return any(real == d or real.startswith(d + "/") for d in ("/tmp", "/var/tmp"))
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _rlimit_properties() -> list:
+    props = []
+    for name, which in RLIMITS.items():
+        soft, hard = resource.getrlimit(which)
+        unlimited = properties.UINT64_MAX
+        props.append(properties.encode(f"Limit{name}", hard if hard >= 0 else unlimited))
+        props.append(properties.encode(f"Limit{name}Soft", soft if soft >= 0 else unlimited))
+    return props
+
+
+def _fmt(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.3f}"
+
+
+# jeepney header field keys, looked up once
+from jeepney import HeaderFields as _HF  # noqa: E402
+
+_MEMBER, _PATH = _HF.member, _HF.path

@@ -1,0 +1,252 @@
+"""condor-systemd command line: parse, build a JobSpec, call run(), pass the job's status on.
+
+Exit status: the job's own (exit code N -> N; killed by signal S -> the wrapper kills itself with
+S). Before the job runs: 2 bad usage, 125 could not launch, 126 command not executable,
+127 command not found (see condor_systemd.errors). Errors are one line on stderr: the job never
+ran, so its output file is where the user will look. A normal run prints nothing of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Callable, NoReturn
+
+from . import jobad
+from .errors import CondorSystemdError, LaunchError, UsageError
+from .log import Log
+from .spec import (
+    PROTECT_SYSTEM_VALUES,
+    JobSpec,
+    Limits,
+    Sandbox,
+    check_job_id,
+    check_slice,
+    parse_cpu_count,
+    parse_cpu_list,
+    parse_int,
+    parse_percent,
+    parse_seconds,
+    parse_size,
+    resolve_command,
+)
+
+WRAPPER_ERROR_FILE = "_CONDOR_WRAPPER_ERROR_FILE"
+CORE_SIGNALS = {signal.SIGQUIT, signal.SIGILL, signal.SIGABRT, signal.SIGFPE, signal.SIGSEGV,
+                signal.SIGBUS, signal.SIGSYS, signal.SIGTRAP, signal.SIGXCPU, signal.SIGXFSZ}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _typed(parse: Callable[[str], object]) -> Callable[[str], object]:
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _int_range(what: str, low: int, high: int) -> Callable[[str], object]:
+    return _typed(lambda text: parse_int(text, what, low, high))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .backends import BACKENDS
+    from .backends.properties import parse_assignment
+
+    parser = _Parser(prog="condor-systemd",
+                     description="Run HTCondor jobs as transient systemd units.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    run = verbs.add_parser("run", help="run a job: condor-systemd run [OPTIONS] -- CMD [ARGS...]",
+                           usage="condor-systemd run [OPTIONS] -- CMD [ARGS...]")
+    add = run.add_argument
+    add("--name", metavar="ID", type=_typed(check_job_id),
+        help="unit condor-job-ID.service (default: ClusterId.ProcId from $_CONDOR_JOB_AD)")
+    add("--cpus", metavar="N", type=_typed(parse_cpu_count), help="CPUQuota = N x 100%%")
+    add("--cpu-quota", metavar="PCT", type=_typed(parse_percent), help="CPUQuota, e.g. 150%%")
+    add("--memory", metavar="SIZE", type=_typed(parse_size), help="MemoryMax, e.g. 2G")
+    add("--memory-high", metavar="SIZE", type=_typed(parse_size), help="MemoryHigh")
+    add("--swap", metavar="SIZE", type=_typed(parse_size), help="MemorySwapMax")
+    add("--allowed-cpus", metavar="LIST", type=_typed(parse_cpu_list), help="e.g. 0-3,8")
+    add("--io-weight", metavar="N", type=_int_range("IO weight", 1, 10000), help="1-10000")
+    add("--tasks-max", metavar="N", type=_int_range("tasks limit", 1, 2**62), help="TasksMax")
+    add("--private-tmp", action=argparse.BooleanOptionalAction, default=True,
+        help="per-job /tmp and /var/tmp (default: on)")
+    add("--private-users", action="store_true", help="PrivateUsers=yes")
+    add("--protect-system", nargs="?", const="strict", choices=PROTECT_SYSTEM_VALUES,
+        help="ProtectSystem (default when given: strict, with the working directory writable)")
+    add("-p", "--property", metavar="NAME=VALUE", action="append", default=[],
+        type=_typed(parse_assignment), help="any supported unit property, as systemd-run -p")
+    add("--scope", action="store_true", help="run in a scope instead of a service")
+    add("--slice", default="condor.slice", type=_typed(check_slice), help="default condor.slice")
+    add("--uid", metavar="USER", help="run as this user (root only)")
+    add("--gid", metavar="GROUP", help="run with this group (root only)")
+    add("--stop-timeout", metavar="SECONDS", type=_typed(parse_seconds), default=20.0,
+        help="after SIGTERM/SIGINT, kill what is left after this long (default 20)")
+    add("--usage-file", metavar="PATH", help="write the usage record here when the job ends")
+    add("--usage-format", choices=("json", "classad"), default="json")
+    add("--backend", choices=BACKENDS, default="auto")
+    add("--log-file", metavar="PATH", help="also append diagnostics here")
+    add("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace, environ: dict[str, str]) -> JobSpec:
+    from .backends.properties import LIMIT_PROPERTY, SANDBOX_PROPERTY, TABLE
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise UsageError("missing command: condor-systemd run [OPTIONS] -- CMD [ARGS...]")
+    if args.cpus is not None and args.cpu_quota is not None:
+        raise UsageError("give --cpus or --cpu-quota, not both")
+    if (args.uid or args.gid) and os.geteuid() != 0:
+        raise UsageError("--uid/--gid need root")
+    _check_identity(args.uid, args.gid)
+
+    limits = {"cpu_quota_percent": args.cpu_quota if args.cpus is None else args.cpus * 100,
+              "memory_max": args.memory, "memory_high": args.memory_high, "swap_max": args.swap,
+              "allowed_cpus": args.allowed_cpus, "io_weight": args.io_weight,
+              "tasks_max": args.tasks_max}
+    sandbox = {"private_tmp": args.private_tmp, "private_users": args.private_users,
+               "protect_system": args.protect_system}
+    extra = []
+    limit_of = {prop: field for field, prop in LIMIT_PROPERTY.items()}
+    sandbox_of = {prop: field for field, prop in SANDBOX_PROPERTY.items()}
+    for name, text in args.property:  # -p overrides the matching option, like a later option
+        if name in limit_of and text.strip() != "infinity":
+            limits[limit_of[name]] = _limit_value(name, text)
+        elif name in sandbox_of:
+            value = TABLE[name].parse(text)  # type: ignore[misc]
+            sandbox[sandbox_of[name]] = None if value == "no" else value
+        else:
+            extra.append((name, text))
+
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        raise LaunchError("the current working directory no longer exists") from None
+    job_env = {k: v for k, v in environ.items() if k != WRAPPER_ERROR_FILE}
+    executable = resolve_command(command[0], job_env, cwd)
+    job_id = args.name or jobad.job_id_from_env(environ) or \
+        f"local-{os.getpid()}-{os.urandom(3).hex()}"
+    return JobSpec(argv=tuple(command), executable=executable, job_id=job_id, cwd=cwd,
+                   environment=job_env, limits=Limits(**limits), sandbox=Sandbox(**sandbox),
+                   slot=jobad.slot_from_env(environ), scope=args.scope, slice=args.slice,
+                   user=args.uid, group=args.gid, stop_timeout=args.stop_timeout,
+                   properties=tuple(extra))
+
+
+def _limit_value(name: str, text: str) -> object:
+    if name == "CPUQuota":
+        return parse_percent(text)
+    if name == "AllowedCPUs":
+        return parse_cpu_list(text)
+    if name in ("IOWeight", "TasksMax"):
+        return parse_int(text, name, 1, 2**62)
+    return parse_size(text)
+
+
+def _check_identity(user: str | None, group: str | None) -> None:
+    import grp
+    import pwd
+
+    try:
+        if user and not user.isdigit():
+            pwd.getpwnam(user)
+        if group and not group.isdigit():
+            grp.getgrnam(group)
+    except KeyError:
+        raise UsageError(f"no such user or group: {user if group is None else group}") from None
+
+
+def _stdio() -> tuple[int, int, int]:
+    """fds 0-2 as the caller set them up; a closed one is replaced by /dev/null."""
+    fds = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            fds.append(fd)
+        except OSError:
+            fds.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
+    return fds[0], fds[1], fds[2]
+
+
+def _write_usage(path: str, text: str, log: Log) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error(f"cannot write usage file {path}: {exc.strerror}")
+
+
+def _tell_htcondor(environ: dict[str, str], message: str) -> None:
+    path = environ.get(WRAPPER_ERROR_FILE)
+    if path:
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(f"condor-systemd: {message}\n")
+        except OSError:
+            pass
+
+
+def _die_by_signal(signum: int) -> int:
+    """Make our parent see 'killed by signum', as it would for the job itself."""
+    if signum in CORE_SIGNALS:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the job's core, not the wrapper's
+    try:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+        os.kill(os.getpid(), signum)
+    except (OSError, ValueError):
+        pass
+    return 128 + signum  # a signal that does not kill (e.g. SIGCHLD): report it shell-style
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    environ = dict(os.environ)
+    log = Log()
+    try:
+        args = build_parser().parse_args(argv)
+        log = Log(log_file=args.log_file)
+        spec = spec_from_args(args, environ)
+        from .runner import run
+
+        usage = run(spec, stdio=_stdio(), backend=args.backend, log=log)
+    except CondorSystemdError as exc:
+        message = str(exc)
+        print(f"condor-systemd: {message}", file=sys.stderr)
+        log.error(message)
+        if isinstance(exc, LaunchError):
+            _tell_htcondor(environ, message)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug of ours: one line for the user, the details to the journal
+        import traceback
+
+        log.error("internal error: " + "".join(traceback.format_exception(exc)))
+        print(f"condor-systemd: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 125
+    if args.usage_file:
+        text = usage.to_classad() if args.usage_format == "classad" else usage.to_json()
+        _write_usage(args.usage_file, text, log)
+    if usage.signal:
+        return _die_by_signal(usage.signal)
+    if usage.exit_code is None:
+        log.error("the job's exit status is unknown")
+        return 125
+    return usage.exit_code

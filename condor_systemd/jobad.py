@@ -1,0 +1,48 @@
+"""Read what condor-systemd needs from HTCondor's job and machine ads.
+
+The starter writes the ads as ``Name = value`` lines and points $_CONDOR_JOB_AD /
+$_CONDOR_MACHINE_AD at them. We need only plain literals, so this is a line reader, not a ClassAd
+evaluator: expressions are ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+def read_ad(path: str) -> dict[str, str]:
+    """Attribute -> literal text (strings unquoted). Unreadable files give an empty ad."""
+    ad: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                name, sep, value = line.partition("=")
+                if not sep:
+                    continue
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1].replace('\\"', '"')
+                ad[name.strip().lower()] = value
+    except OSError:
+        pass
+    return ad
+
+
+def job_id_from_env(environ: Mapping[str, str]) -> str | None:
+    """'ClusterId.ProcId' from $_CONDOR_JOB_AD, or None when there is no usable ad."""
+    path = environ.get("_CONDOR_JOB_AD")
+    if not path:
+        return None
+    ad = read_ad(path)
+    cluster, proc = ad.get("clusterid", ""), ad.get("procid", "")
+    if cluster.isdigit() and proc.isdigit():
+        return f"{int(cluster)}.{int(proc)}"
+    return None
+
+
+def slot_from_env(environ: Mapping[str, str]) -> str | None:
+    slot = environ.get("_CONDOR_SLOT")
+    if slot:
+        return slot
+    path = environ.get("_CONDOR_MACHINE_AD")
+    return read_ad(path).get("name") if path else None

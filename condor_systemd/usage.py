@@ -1,0 +1,82 @@
+"""The usage record: what a job did and what was enforced, rendered as JSON or a ClassAd.
+
+Unknown values are None (JSON null, ClassAd ``undefined``), never a made-up 0. ``enforced`` maps
+each limit and sandbox setting asked for to ``True`` (verified in force) or to a string saying
+why it is not (not sent, not supported by this cgroup layout, not read back as asked, ...).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+KEYS = ("unit", "backend", "job_id", "exit_code", "signal", "oom_killed", "wall_seconds",
+        "cpu_user_seconds", "cpu_system_seconds", "memory_peak_bytes", "io_read_bytes",
+        "io_write_bytes", "tasks_peak", "limits", "enforced", "cgroup_layout", "systemd_version")
+
+
+class Usage(NamedTuple):
+    unit: str | None
+    backend: str
+    job_id: str
+    exit_code: int | None = None
+    signal: int | None = None
+    oom_killed: bool | None = None
+    wall_seconds: float | None = None
+    cpu_user_seconds: float | None = None
+    cpu_system_seconds: float | None = None
+    memory_peak_bytes: int | None = None
+    io_read_bytes: int | None = None
+    io_write_bytes: int | None = None
+    tasks_peak: int | None = None
+    limits: dict = {}
+    enforced: dict = {}
+    cgroup_layout: str | None = None
+    systemd_version: int | None = None
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self._asdict(), indent=2, sort_keys=False) + "\n"
+
+    def to_classad(self) -> str:
+        """HTCondor attribute names first, then the full record as CondorSystemd* attributes."""
+        ended = self.exit_code is not None or self.signal is not None
+        lines = [
+            f"RemoteUserCpu = {_ad(self.cpu_user_seconds)}",
+            f"RemoteSysCpu = {_ad(self.cpu_system_seconds)}",
+            f"RemoteWallClockTime = {_ad(self.wall_seconds)}",
+            f"ResidentSetSize = {_ad(_ceil_div(self.memory_peak_bytes, 1024))}",
+            f"MemoryUsage = {_ad(_ceil_div(self.memory_peak_bytes, 1024 * 1024))}",
+            f"BlockReadKbytes = {_ad(_ceil_div(self.io_read_bytes, 1024))}",
+            f"BlockWriteKbytes = {_ad(_ceil_div(self.io_write_bytes, 1024))}",
+            f"ExitBySignal = {_ad(self.signal is not None if ended else None)}",
+            f"ExitCode = {_ad(self.exit_code)}",
+            f"ExitSignal = {_ad(self.signal)}",
+        ]
+        for key in KEYS:
+            value = getattr(self, key)
+            name = "CondorSystemd" + "".join(p.capitalize() for p in key.split("_"))
+            if isinstance(value, dict):
+                for sub, subvalue in value.items():
+                    subname = "".join(p.capitalize() for p in sub.split("_"))
+                    lines.append(f"{name}{subname} = {_ad(subvalue)}")
+            else:
+                lines.append(f"{name} = {_ad(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _ceil_div(value: int | None, by: int) -> int | None:
+    return None if value is None else -(-value // by)
+
+
+def _ad(value: object) -> str:
+    if value is None:
+        return "undefined"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(round(value, 6))
+    if isinstance(value, int):
+        return str(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+    return f'"{text}"'
