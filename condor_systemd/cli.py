@@ -208,8 +208,9 @@ def _die_by_signal(signum: int) -> int:
 
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the job's core, not the wrapper's
     try:
-        signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+        if signum not in (signal.SIGKILL, signal.SIGSTOP):  # those cannot be caught anyway
+            signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
         os.kill(os.getpid(), signum)
     except (OSError, ValueError):
         pass

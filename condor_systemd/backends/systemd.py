@@ -59,6 +59,7 @@ RLIMITS = {"CPU": resource.RLIMIT_CPU, "FSIZE": resource.RLIMIT_FSIZE,
 SETUP_FAILURES = {200: "cannot change to the working directory", 203: "cannot execute the command",
                   216: "unknown group", 217: "unknown user", 218: "cannot set up output",
                   226: "cannot set up namespaces (sandboxing)", 228: "cannot set up /tmp"}
+SETUP_STATUSES = range(200, 244)  # EXIT_CHDIR .. EXIT_CREDENTIALS: systemd's own failures
 
 
 def unit_object_path(unit: str) -> str:
@@ -260,10 +261,11 @@ class SystemdJob:
 
     def has_ended(self) -> bool:
         if self.phase == "starting" and self.sub_state == "stop-post":
-            # Type=exec: the exec failed. The start job only completes once the unit is
-            # inactive, i.e. after our ExecStopPost sleeper; do not wait for it.
-            self.phase, self.start_result = "start-failed", "failed"
-        if self.phase == "start-failed":
+            # The main process ended before the start job completed: the exec failed, or the
+            # job was that quick. The start job would only complete once the unit is inactive,
+            # i.e. after our ExecStopPost sleeper; finish() looks at the exit status instead.
+            self.phase, self.start_result = "ended-early", "failed"
+        if self.phase in ("start-failed", "ended-early"):
             return True
         if self.phase == "running" and self.main_has_ended():
             self.phase = "ended"
@@ -379,7 +381,9 @@ class SystemdJob:
 
     # -- results -----------------------------------------------------------------------------
     def start_failure(self, code: int, status: int) -> LaunchError:
-        what = SETUP_FAILURES.get(status) if code == CLD_EXITED else None
+        what = None
+        if code == CLD_EXITED and status in SETUP_STATUSES:
+            what = SETUP_FAILURES.get(status, "could not set up the job's environment")
         detail = f" ({what}, status {status})" if what else ""
         if status == 203 and code == CLD_EXITED:
             return CommandNotExecutable(f"{self.spec.argv[0]}: systemd {what}")
@@ -399,7 +403,7 @@ class SystemdJob:
                 enforced[key] = True  # systemd sets these up at exec or fails the start
         usage = Usage(
             unit=self.unit, backend="systemd", job_id=self.spec.job_id, exit_code=exit_code,
-            signal=signum, oom_killed=oom, wall_seconds=wall,
+            signal=signum, oom_killed=oom, wall_seconds=None if wall is None else round(wall, 6),
             cpu_user_seconds=acct.cpu_user_seconds, cpu_system_seconds=acct.cpu_system_seconds,
             memory_peak_bytes=acct.memory_peak_bytes, io_read_bytes=acct.io_read_bytes,
             io_write_bytes=acct.io_write_bytes, tasks_peak=acct.tasks_peak,
@@ -418,7 +422,7 @@ class ServiceJob(SystemdJob):
     def launch(self, stdio: tuple[int, int, int]) -> None:
         spec, enc = self.spec, properties.encode
         props = [enc("Type", "exec"),
-                 enc("ExecStart", [(spec.executable, list(spec.argv), False)]),
+                 enc("ExecStart", [(spec.executable, exec_argv(spec.argv), False)]),
                  enc("WorkingDirectory", spec.cwd),
                  enc("Environment", self.environment()),
                  enc("StandardInputFileDescriptor", stdio[0]),
@@ -480,10 +484,13 @@ class ServiceJob(SystemdJob):
     def finish(self) -> Usage:
         props = self.get_all(SERVICE_IFACE)
         code, status = props.get("ExecMainCode", 0), props.get("ExecMainStatus", 0)
-        if self.phase == "start-failed":
+        setup_failed = code == 0 or (code == CLD_EXITED and status in SETUP_STATUSES)
+        if self.phase == "start-failed" or (self.phase == "ended-early" and setup_failed):
             self.release_cgroup()
             raise self.start_failure(code, status)
         self.cgroup = props.get("ControlGroup") or self.cgroup
+        if self.phase == "ended-early" and self.cgroup:
+            self.verify_limits()
         acct = cgroupfs.Accounting()
         if self.cgroup and self.sub_state == "stop-post":
             acct = cgroupfs.read_accounting(self.layout, self.cgroup)
@@ -514,12 +521,14 @@ class ScopeJob(SystemdJob):
         self.main_pid = self.sentinel_pid = None
         self.status: int | None = None
         self.enforced["private_tmp"] = "not sent: scopes cannot be sandboxed"
+        hold_r, self.hold_w = os.pipe2(os.O_CLOEXEC)
+        self.sentinel_pid = _fork_sentinel(hold_r)
+        os.close(hold_r)
+        hold_r = -1
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        hold_r, self.hold_w = os.pipe2(os.O_CLOEXEC)
         try:
             self.main_pid = _fork_job(self.spec, stdio, go_r, err_w)
-            self.sentinel_pid = _fork_sentinel(hold_r)
             os.close(err_w)
             err_w = -1
             self.pidfd = os.pidfd_open(self.main_pid)
@@ -617,6 +626,11 @@ class ScopeJob(SystemdJob):
         super().abort()
 
 
+def exec_argv(argv: tuple[str, ...]) -> list[str]:
+    """systemd expands $VAR and $$ in ExecStart arguments at exec time: pass them literally."""
+    return [arg.replace("$", "$$") for arg in argv]
+
+
 def _fork_job(spec: JobSpec, stdio: tuple[int, int, int], go_r: int, err_w: int) -> int:
     pid = os.fork()
     if pid:
@@ -651,7 +665,9 @@ def _fork_sentinel(hold_r: int) -> int:
     if pid:
         return pid
     try:  # child: live, deaf to forwarded signals, until the wrapper closes the pipe
-        signal.pthread_sigmask(signal.SIG_BLOCK, range(1, signal.NSIG))
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        os.closerange(0, hold_r)  # hold nothing of the job's: no stdio, no pipes
+        os.closerange(hold_r + 1, os.sysconf("SC_OPEN_MAX"))
         os.read(hold_r, 1)
     finally:
         os._exit(0)

@@ -1,0 +1,29 @@
+"""What administrators see: systemctl status, journalctl -u, condor.slice."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from .conftest import wrapper_pid
+
+
+def test_systemctl_status_shows_job_and_limits(jobs):
+    proc = jobs.start("--name", "77.1", "--memory", "100M", "--tasks-max", "33", "--",
+                      "sleep", "30")
+    unit = "condor-job-77.1.service"
+    jobs.wait_active(unit)
+    status = jobs.inside("systemctl", "status", "--no-pager", unit).stdout
+    assert "HTCondor job 77.1: sleep 30" in status
+    assert "limit: 33" in status and "max: 100.0M" in status
+    assert jobs.inside("systemctl", "show", "-P", "Slice", unit).stdout.strip() == "condor.slice"
+    os.kill(wrapper_pid(proc), signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_journal_shows_the_lifecycle(jobs):
+    assert jobs.run("--name", "78.0", "--", "sh", "-c", "exit 3").returncode == 3
+    log = jobs.inside("journalctl", "--no-pager", "-u", "condor-job-78.0.service").stdout
+    for line in ("Started condor-job-78.0.service", "started HTCondor job 78.0",
+                 "status=3", "finished: exit code 3"):
+        assert line in log, f"{line!r} missing from:\n{log}"

@@ -1,0 +1,125 @@
+"""The HTCondor contract: exit status, stdio, environment, cwd, silence, launch failures."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from .conftest import CSD, PY
+
+
+def test_exit_code_is_passed_through(jobs):
+    assert jobs.run("--", "sh", "-c", "exit 7").returncode == 7
+    assert jobs.run("--", "true").returncode == 0
+
+
+def test_death_by_signal_is_reraised_on_the_wrapper(jobs):
+    assert jobs.run("--", "sh", "-c", "kill -USR1 $$").returncode == -signal.SIGUSR1
+    # a core-dumping signal too, without leaving a core of the wrapper behind
+    assert jobs.run("--", "sh", "-c", "kill -SEGV $$").returncode == -signal.SIGSEGV
+    assert not list(jobs.work.glob("core*"))
+
+
+def test_arguments_arrive_literally(jobs):
+    proc = jobs.run("--", "printf", "%s|", "$HOME", "$$", "${X}", "100%", "a b", "")
+    assert proc.stdout == "$HOME|$$|${X}|100%|a b||"
+
+
+def test_stdio_is_the_callers(jobs):
+    proc = jobs.run("--", "sh", "-c", "cat; echo to-stderr >&2", stdin="from-stdin\n")
+    assert proc.stdout == "from-stdin\n"
+    assert proc.stderr == "to-stderr\n"
+
+
+def test_a_successful_run_prints_nothing_of_its_own(jobs):
+    proc = jobs.run("--memory", "1G", "--cpus", "1", "--", "true")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+
+
+def test_environment_and_working_directory_pass_through(jobs):
+    (jobs.work / "sub").mkdir()
+    env = {"PATH": "/usr/bin:/bin", "JOB_VAR": "x y $z", "_CONDOR_WRAPPER_ERROR_FILE":
+           str(jobs.work / "wrapper-error"), "BASH_FUNC_f%%": "() { :; }"}
+    proc = jobs.sandbox.run(
+        ["sh", "-c", f"cd sub && exec {CSD} run -- sh -c "
+         "'pwd; echo \"$JOB_VAR\"; echo \"${_CONDOR_WRAPPER_ERROR_FILE-unset}\"'"],
+        cwd=str(jobs.work), check=False, capture_output=True, text=True, env=env)
+    assert proc.stdout.splitlines() == [str(jobs.work / "sub"), "x y $z", "unset"], proc.stderr
+    assert proc.returncode == 0
+    assert not (jobs.work / "wrapper-error").exists()  # the job ran: nothing to tell HTCondor
+
+
+def test_missing_command_is_127_and_tells_htcondor(jobs):
+    err_file = jobs.work / "wrapper-error"
+    proc = jobs.run("--", "./no-such-job", env={"PATH": "/usr/bin:/bin",
+                                                "_CONDOR_WRAPPER_ERROR_FILE": str(err_file)})
+    assert proc.returncode == 127
+    assert proc.stderr == "condor-systemd: ./no-such-job: command not found\n"
+    assert "command not found" in err_file.read_text()
+
+
+def test_unexecutable_command_is_126(jobs):
+    script = jobs.work / "job.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    proc = jobs.run("--", "./job.sh")
+    assert proc.returncode == 126
+    assert proc.stderr.count("\n") == 1 and "not executable" in proc.stderr
+
+
+def test_unit_already_running_is_refused_and_left_alone(jobs):
+    first = jobs.start("--name", "dup", "--", "sh", "-c", "sleep 2; exit 5")
+    jobs.wait_active("condor-job-dup.service")
+    second = jobs.run("--name", "dup", "--", "true")
+    assert second.returncode == 125
+    assert second.stderr.count("\n") == 1 and "already exists" in second.stderr
+    assert first.wait(timeout=30) == 5  # the first job was not disturbed
+
+
+def test_job_id_comes_from_the_job_ad(jobs):
+    ad = jobs.work / ".job.ad"
+    ad.write_text('ClusterId = 4711\nProcId = 3\nOwner = "alice"\n')
+    proc = jobs.start("--", "sleep", "30", env={"PATH": "/usr/bin:/bin", "_CONDOR_JOB_AD": str(ad),
+                                                "_CONDOR_SLOT": "slot1_2"})
+    jobs.wait_active("condor-job-4711.3.service")
+    desc = jobs.inside("systemctl", "show", "-P", "Description", "condor-job-4711.3.service")
+    assert desc.stdout.strip() == "HTCondor job 4711.3 on slot1_2: sleep 30"
+    from .conftest import wrapper_pid
+    import os
+    os.kill(wrapper_pid(proc), signal.SIGTERM)
+    assert proc.wait(timeout=30) == -signal.SIGTERM
+
+
+def test_wrapper_waits_without_polling(jobs):
+    """While the job sleeps, the wrapper uses no CPU: it waits on D-Bus signals."""
+    from .conftest import wrapper_pid
+    proc = jobs.start("--", "sleep", "3")
+    pid = wrapper_pid(proc)
+    jobs.wait_active(_unit_of(jobs, pid))
+    before = _cpu_ticks(pid)
+    time.sleep(2)
+    after = _cpu_ticks(pid)
+    assert proc.wait(timeout=30) == 0
+    assert after - before == 0, f"wrapper used {after - before} ticks while waiting"
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _unit_of(jobs, wrapper: int) -> str:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        out = jobs.inside("systemctl", "list-units", "--plain", "--no-legend",
+                          "condor-job-local-*").stdout.split()
+        if out:
+            return out[0]
+        time.sleep(0.02)
+    raise AssertionError("no unit appeared")
+
+
+def test_python_job_with_large_output(jobs):
+    proc = jobs.run("--", PY, "-c", "import sys; sys.stdout.write('x' * 1_000_000)")
+    assert proc.returncode == 0 and len(proc.stdout) == 1_000_000

@@ -1,0 +1,132 @@
+"""Limits are enforced by the kernel and verified by reading them back."""
+
+from __future__ import annotations
+
+import signal
+
+from .conftest import PY
+
+ALLOCATE = """
+import sys
+chunks = []
+for _ in range(int(sys.argv[1])):
+    chunks.append(bytearray(1 << 20))  # zero-filled, so every page is touched
+print("survived")
+"""
+
+
+def test_memory_max_oom_kill_is_reported(jobs):
+    proc, usage = jobs.run_with_usage("--memory", "64M", "--swap", "1M", "--",
+                                      PY, "-c", ALLOCATE, "512")
+    assert proc.returncode == -signal.SIGKILL
+    assert "survived" not in proc.stdout
+    assert usage["oom_killed"] is True
+    assert usage["signal"] == signal.SIGKILL and usage["exit_code"] is None
+    assert usage["enforced"]["memory_max"] is True
+    assert 48 << 20 <= usage["memory_peak_bytes"] <= 64 << 20
+
+
+def test_within_memory_max_no_oom(jobs):
+    proc, usage = jobs.run_with_usage("--memory", "256M", "--", PY, "-c", ALLOCATE, "64")
+    assert proc.returncode == 0 and proc.stdout == "survived\n"
+    assert usage["oom_killed"] is False
+
+
+def test_cpu_quota_throttles(jobs):
+    burn = "import time\nend = time.monotonic() + 2\nwhile time.monotonic() < end: pass\n"
+    proc, usage = jobs.run_with_usage("--cpu-quota", "25%", "--", PY, "-c", burn)
+    assert proc.returncode == 0
+    cpu = usage["cpu_user_seconds"] + usage["cpu_system_seconds"]
+    # 2 s of wall time at 25 % of one CPU is 0.5 s of CPU (unthrottled it would be ~2 s)
+    assert 0.35 <= cpu <= 0.65, f"{cpu:.3f} CPU seconds"
+    assert usage["enforced"]["cpu_quota_percent"] is True
+
+
+def test_cpus_option_sets_quota(jobs):
+    _, usage = jobs.run_with_usage("--cpus", "1.5", "--", "true")
+    assert usage["limits"]["cpu_quota_percent"] == 150.0
+    assert usage["enforced"]["cpu_quota_percent"] is True
+
+
+SPAWN = """
+import subprocess
+started, refused = [], 0
+for _ in range(30):
+    try:
+        started.append(subprocess.Popen(["sleep", "5"]))
+    except BlockingIOError:  # fork() failed with EAGAIN: the pids controller said no
+        refused += 1
+print(len(started), refused)
+for p in started:
+    p.kill()
+"""
+
+
+def test_tasks_max_limits_forks(jobs):
+    proc, usage = jobs.run_with_usage("--tasks-max", "10", "--", PY, "-c", SPAWN)
+    started, refused = map(int, proc.stdout.split())
+    assert started == 9 and refused == 21, proc.stdout  # 10 tasks: the driver and 9 children
+    assert usage["enforced"]["tasks_max"] is True
+
+
+def test_limits_are_read_back(jobs):
+    _, usage = jobs.run_with_usage("--memory", "300M", "--memory-high", "200M", "--cpus", "1",
+                                   "--tasks-max", "64", "--allowed-cpus", "0", "--io-weight",
+                                   "200", "--", "true")
+    enforced = usage["enforced"]
+    assert set(enforced) >= {"memory_max", "memory_high", "cpu_quota_percent", "tasks_max",
+                             "allowed_cpus", "io_weight", "private_tmp"}
+    assert enforced["memory_max"] is True and enforced["tasks_max"] is True
+    if usage["cgroup_layout"] == "unified":
+        assert enforced["allowed_cpus"] is True and enforced["memory_high"] is True
+    else:  # what the v1/hybrid tier cannot enforce is said, not claimed
+        assert "v2" in enforced["allowed_cpus"] and "v1" in enforced["memory_high"]
+
+
+def test_property_unknown_to_this_systemd_is_not_sent_and_recorded(jobs):
+    proc, usage = jobs.run_with_usage("-p", "PrivatePIDs=yes", "--", "true")
+    assert proc.returncode == 0 and proc.stderr == ""
+    if usage["systemd_version"] < 257:
+        assert usage["enforced"]["PrivatePIDs"].startswith("not sent: systemd")
+
+
+def test_property_option_sets_the_limit(jobs):
+    _, usage = jobs.run_with_usage("-p", "MemoryMax=100M", "-p", "Nice=5", "--",
+                                   "sh", "-c", "test $(nice) = 5")
+    assert usage["exit_code"] == 0
+    assert usage["limits"]["memory_max"] == 100 << 20
+    assert usage["enforced"]["memory_max"] is True
+
+
+def test_private_tmp(jobs):
+    proc = jobs.run("--", "sh", "-c", "touch /tmp/csd-private-marker && ls /tmp")
+    assert proc.returncode == 0 and "csd-private-marker" in proc.stdout
+    assert jobs.inside("ls", "/tmp").stdout.count("csd-private-marker") == 0
+    shared = jobs.run("--no-private-tmp", "--", "sh", "-c", "touch /tmp/csd-shared-marker")
+    assert shared.returncode == 0
+    assert "csd-shared-marker" in jobs.inside("ls", "/tmp").stdout
+    jobs.inside("rm", "-f", "/tmp/csd-shared-marker")
+
+
+def test_protect_system_strict_keeps_the_working_directory_writable(jobs):
+    proc = jobs.run("--protect-system", "--", "sh", "-c",
+                    "touch ok-here && ! touch /usr/csd-nope 2>/dev/null && echo fine")
+    assert proc.stdout == "fine\n", proc.stderr
+    assert (jobs.work / "ok-here").exists()
+
+
+def test_uid_and_gid(jobs):
+    proc = jobs.run("--uid", "nobody", "--gid", "nogroup", "--", "sh", "-c", "id -u; id -g")
+    assert proc.stdout.split() == ["65534", "65534"], proc.stderr
+
+
+def test_rlimits_are_inherited(jobs):
+    proc = jobs.sandbox.run(["sh", "-c", f"ulimit -n 777; exec {jobs_csd()} run -- sh -c "
+                                         "'ulimit -n'"], cwd=str(jobs.work), check=False,
+                            capture_output=True, text=True)
+    assert proc.stdout.strip() == "777"
+
+
+def jobs_csd() -> str:
+    from .conftest import CSD
+    return CSD
