@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 import select
 import socket
+import struct
 from collections import deque
 
-from jeepney import HeaderFields, Message, MessageType, Parser
+from jeepney import HeaderFields, Message, MessageType
 from jeepney.auth import BEGIN, Authenticator
+from jeepney.low_level import Header, calc_msg_size, padding
 from jeepney.wrappers import DBusAddress, new_method_call
 
 PRIVATE_SOCKET = "/run/systemd/private"
@@ -47,9 +49,14 @@ class Connection:
     def __init__(self, sock: socket.socket, via_bus_daemon: bool) -> None:
         self.sock = sock
         self.via_bus_daemon = via_bus_daemon
-        self._parser = Parser()
+        self._buf = bytearray()
         self._serial = 0
         self.signals: deque[Message] = deque()
+        # Which signals to keep (None: all). systemd broadcasts every unit's PropertiesChanged,
+        # each with dozens of properties: parsing those bodies in Python costs more than the
+        # rest of a job start, so unwanted signals are dropped after reading only the header.
+        self._members: set[str] | None = None
+        self._properties: set[tuple[str, str]] = set()
 
     # -- connecting -------------------------------------------------------------------------
     @classmethod
@@ -126,6 +133,11 @@ class Connection:
         return tuple(reply.body)
 
     # -- signals ----------------------------------------------------------------------------
+    def keep_signals(self, members: set[str], properties: set[tuple[str, str]]) -> None:
+        """Keep only signals named in members, and PropertiesChanged for (path, interface)."""
+        self._members = members
+        self._properties = properties
+
     def read_signals(self) -> list[Message]:
         """Every signal received so far, reading what the socket has without blocking."""
         try:
@@ -139,10 +151,40 @@ class Connection:
         return out
 
     def _next_message(self, block: bool) -> Message | None:
+        """The next reply or wanted signal; unwanted signals are skipped unparsed."""
         while True:
-            msg = self._parser.get_next_message()
-            if msg is not None:
-                return msg
+            raw = self._next_raw(block)
+            if raw is None:
+                return None
+            header, pos = Header.from_buffer(raw)
+            if header.message_type != MessageType.signal or self._wanted(header, raw, pos):
+                return Message.from_buffer(raw)
+
+    def _wanted(self, header: Header, raw: bytes, pos: int) -> bool:
+        if self._members is None:
+            return True
+        member = header.fields.get(HeaderFields.member)
+        if member in self._members:
+            return True
+        if member != "PropertiesChanged":
+            return False
+        path = header.fields.get(HeaderFields.path)
+        if not any(p == path for p, _iface in self._properties):
+            return False
+        # the body (8-byte aligned) starts with the interface name: a string (u32 length, bytes)
+        pos += padding(pos, 8)
+        (length,) = struct.unpack(header.endianness.struct_code() + "I", raw[pos:pos + 4])
+        interface = raw[pos + 4:pos + 4 + length].decode("utf-8", "replace")
+        return (path, interface) in self._properties
+
+    def _next_raw(self, block: bool) -> bytes | None:
+        while True:
+            if len(self._buf) >= 16:
+                size = calc_msg_size(self._buf)
+                if len(self._buf) >= size:
+                    raw = bytes(self._buf[:size])
+                    del self._buf[:size]
+                    return raw
             if block and not select.select([self.sock], [], [], CALL_TIMEOUT)[0]:
                 raise OSError(0, f"systemd did not answer within {CALL_TIMEOUT:.0f} s")
             try:
@@ -151,7 +193,7 @@ class Connection:
                 return None
             if not data:
                 raise OSError(0, "systemd closed the connection")
-            self._parser.add_data(data)
+            self._buf += data
 
 
 def _system_bus_path() -> str:

@@ -93,6 +93,16 @@ def _path(base: str | None, name: str) -> str | None:
     return os.path.join(base, name) if base else None
 
 
+def unit_cgroup(layout: Layout, slice_name: str, unit: str) -> str | None:
+    """systemd's ControlGroup for unit in slice_name ('a-b.slice' nests in 'a.slice'), if the
+    directory is there; None means: ask systemd."""
+    parts = slice_name[: -len(".slice")].split("-")
+    path = "".join("/" + "-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
+    cgroup = f"{path}/{unit}"
+    base = layout.v2_dir(cgroup) or layout.v1_dir("name=systemd", cgroup)
+    return cgroup if base and os.path.isdir(base) else None
+
+
 # -- processes -------------------------------------------------------------------------------
 def procs(layout: Layout, cgroup: str) -> list[int] | None:
     """Pids in the unit's cgroup (systemd's tracking hierarchy), None if it cannot be read."""

@@ -130,6 +130,7 @@ class SystemdJob:
         self.log = log
         self.unit: str | None = spec.unit_name
         self.path = unit_object_path(spec.unit_name)
+        self.conn.keep_signals({"JobRemoved", "UnitRemoved"}, {(self.path, UNIT_IFACE)})
         self.layout = cgroupfs.probe_layout()
         self.enforced: dict[str, object] = {}
         self.phase = "starting"  # starting -> running -> ended | start-failed
@@ -251,10 +252,10 @@ class SystemdJob:
             self.phase, self.start_result = "start-failed", result
             return
         self.phase = "running"
-        props = self.get_all(UNIT_IFACE)
-        self.active_state = props.get("ActiveState", "")
-        self.sub_state = props.get("SubState", "")
-        self.cgroup = self.get_all(self.iface).get("ControlGroup") or None
+        # No GetAll for the state: every PropertiesChanged since we connected was handled, in
+        # order, so active_state/sub_state are current. The cgroup path follows from the names.
+        self.cgroup = cgroupfs.unit_cgroup(self.layout, self.spec.slice, self.spec.unit_name) \
+            or self.get_all(self.iface).get("ControlGroup") or None
         self.verify_limits()
         self.log.info(f"started {self.spec.description}")
         self.has_ended()
