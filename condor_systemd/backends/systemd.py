@@ -26,7 +26,7 @@ import resource
 import select
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import (
     BackendUnavailable,
@@ -139,8 +139,8 @@ class SystemdJob:
         self.cgroup: str | None = None
         self.created = False
         self.removed = False
-        self.stop_requested = False
         self.leftovers_killed = False
+        self.was_reset = False
         self.launched_at = time.monotonic()
         self.ended_at: float | None = None
         log.unit, log.job_id = spec.unit_name, spec.job_id
@@ -301,8 +301,6 @@ class SystemdJob:
         if self.phase == "ended":
             return  # nothing of the job runs any more; only our cgroup holder would get it
         self.log.info(f"forwarding {signal.Signals(signum).name} to every process of the job")
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            self.stop_requested = True  # leftovers then get the stop timeout's grace
         self.kill_unit(signum)
 
     def kill(self) -> None:
@@ -358,14 +356,29 @@ class SystemdJob:
 
     def wait_removed(self) -> None:
         """Wait for UnitRemoved; a failed unit that lingers is reset so that it goes too."""
-        deadline = time.monotonic() + self.spec.stop_timeout + CLEANUP_TIMEOUT
-        while self.created and not self.removed and time.monotonic() < deadline:
-            select.select([self.conn.fileno()], [], [], max(0.0, deadline - time.monotonic()))
-            self.poll()
-            if not self.removed and self.active_state == "failed":
+        def gone() -> bool:
+            if not self.removed and self.active_state == "failed" and not self.was_reset:
+                self.was_reset = True  # CollectMode should do it; make sure, once
                 self.reset_failed()
-        if self.created and not self.removed:
+            return self.removed
+
+        if self.created and not self.wait_for(gone, self.spec.stop_timeout + CLEANUP_TIMEOUT):
             self.log.warning(f"{self.unit} was not removed within the cleanup timeout")
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float | None) -> bool:
+        """Handle signals until condition() holds. Signals may already be queued (they arrive
+        during method calls), so handle those before sleeping on the socket."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.poll()
+            if condition():
+                return True
+            if self.conn.signals:
+                continue  # condition() made calls, and signals came in meanwhile
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            select.select([self.conn.fileno()], [], [], left)
 
     def reset_failed(self) -> None:
         try:
@@ -474,9 +487,9 @@ class ServiceJob(SystemdJob):
         return props
 
     def main_has_ended(self) -> bool:
-        if self.sub_state in ("stop-sigterm", "stop-sigkill") and not self.stop_requested \
-                and not self.leftovers_killed:
-            # The main process is gone; as under HTCondor, what it left behind dies at once.
+        if self.sub_state in ("stop-sigterm", "stop-sigkill") and not self.leftovers_killed:
+            # The main process is gone, so the job is over: as under HTCondor, what it left
+            # behind dies at once (the stop timeout's grace is for a job whose main still runs).
             self.leftovers_killed = True
             self.log.info("main process ended: killing the processes it left behind")
             self.kill_unit(signal.SIGKILL)
@@ -535,9 +548,8 @@ class ScopeJob(SystemdJob):
             self.pidfd = os.pidfd_open(self.main_pid)
             props = [properties.encode("PIDs", [self.main_pid, self.sentinel_pid])]
             self.start_unit(props + self.common_properties())
-            while self.phase == "starting":  # the job may exec only once it is in the scope
-                select.select([self.conn.fileno()], [], [])
-                self.poll()
+            # the job may exec only once it is in the scope
+            self.wait_for(lambda: self.phase != "starting", None)
             if self.phase == "start-failed":
                 raise LaunchError(f"systemd could not start {self.unit}: {self.start_result}")
             os.write(go_w, b"x")
