@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
-from .conftest import CSD, PY
+from .conftest import CSD, PY, wrapper_pid
 
 
 def test_exit_code_is_passed_through(jobs):
@@ -84,15 +85,12 @@ def test_job_id_comes_from_the_job_ad(jobs):
     jobs.wait_active("condor-job-4711.3.service")
     desc = jobs.inside("systemctl", "show", "-P", "Description", "condor-job-4711.3.service")
     assert desc.stdout.strip() == "HTCondor job 4711.3 on slot1_2: sleep 30"
-    from .conftest import wrapper_pid
-    import os
     os.kill(wrapper_pid(proc), signal.SIGTERM)
     assert proc.wait(timeout=30) == -signal.SIGTERM
 
 
 def test_wrapper_waits_without_polling(jobs):
     """While the job sleeps, the wrapper uses no CPU: it waits on D-Bus signals."""
-    from .conftest import wrapper_pid
     proc = jobs.start("--", "sleep", "3")
     pid = wrapper_pid(proc)
     jobs.wait_active(_unit_of(jobs, pid))
