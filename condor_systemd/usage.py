@@ -11,7 +11,8 @@ from typing import NamedTuple
 
 KEYS = ("unit", "backend", "job_id", "exit_code", "signal", "oom_killed", "wall_seconds",
         "cpu_user_seconds", "cpu_system_seconds", "memory_peak_bytes", "io_read_bytes",
-        "io_write_bytes", "tasks_peak", "limits", "enforced", "cgroup_layout", "systemd_version")
+        "io_write_bytes", "tasks_peak", "limits", "enforced", "cgroup_layout",
+        "cgroup_controllers", "systemd_version")
 
 
 class Usage(NamedTuple):
@@ -31,6 +32,7 @@ class Usage(NamedTuple):
     limits: dict = {}
     enforced: dict = {}
     cgroup_layout: str | None = None
+    cgroup_controllers: list = []
     systemd_version: int | None = None
 
     def to_json(self) -> str:
@@ -56,7 +58,9 @@ class Usage(NamedTuple):
         for key in KEYS:
             value = getattr(self, key)
             name = "CondorSystemd" + "".join(p.capitalize() for p in key.split("_"))
-            if isinstance(value, dict):
+            if isinstance(value, list):
+                lines.append(f"{name} = {_ad(' '.join(value))}")
+            elif isinstance(value, dict):
                 for sub, subvalue in value.items():
                     subname = "".join(p.capitalize() for p in sub.split("_"))
                     lines.append(f"{name}{subname} = {_ad(subvalue)}")

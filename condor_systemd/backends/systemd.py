@@ -422,7 +422,8 @@ class SystemdJob:
             memory_peak_bytes=acct.memory_peak_bytes, io_read_bytes=acct.io_read_bytes,
             io_write_bytes=acct.io_write_bytes, tasks_peak=acct.tasks_peak,
             limits={**self.spec.limits.asked(), **self.spec.sandbox.asked()},
-            enforced=enforced, cgroup_layout=self.layout.kind, systemd_version=self.version)
+            enforced=enforced, cgroup_layout=self.layout.kind,
+            cgroup_controllers=self.layout.controllers(), systemd_version=self.version)
         outcome = f"exit code {exit_code}" if signum is None else f"signal {signum}"
         self.log.info(f"finished: {outcome}, cpu user {_fmt(acct.cpu_user_seconds)} s, "
                       f"system {_fmt(acct.cpu_system_seconds)} s, peak memory "

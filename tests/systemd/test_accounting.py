@@ -64,6 +64,7 @@ def test_usage_record_keys_and_unknowns(jobs):
                 "io_write_bytes", "tasks_peak", "limits", "enforced"):
         assert key in usage
     assert usage["backend"] == "systemd" and usage["unit"].startswith("condor-job-")
+    assert "memory" in usage["cgroup_controllers"] and "pids" in usage["cgroup_controllers"]
     assert usage["wall_seconds"] is not None and usage["wall_seconds"] >= 0
     if usage["cgroup_layout"] != "unified":
         assert usage["io_read_bytes"] is None  # unknown on v1, not a made-up 0
