@@ -117,15 +117,10 @@ def main() -> int:
     if args.inside:
         measure(args.pairs)
         return 0
-    from tests.harness.sandbox import Sandbox, unavailable_reason
+    from tests.harness.sandbox import run_in_sandbox
 
-    reason = unavailable_reason()
-    if reason:
-        print(f"bench: {reason}", file=sys.stderr)
-        return 77
-    with Sandbox() as sb:
-        return sb.run([PY, "-m", "bench.launch", "--inside", "--pairs", str(args.pairs)],
-                      cwd=str(Path(__file__).resolve().parents[1]), check=False).returncode
+    return run_in_sandbox([PY, "-m", "bench.launch", "--inside", "--pairs", str(args.pairs)],
+                          cwd=str(Path(__file__).resolve().parents[1]))
 
 
 if __name__ == "__main__":

@@ -251,18 +251,23 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def run_in_sandbox(argv: list[str], cwd: str | None = None) -> int:
+    """Boot a sandbox, run argv in it, tear it down; argv's status (77: no sandbox here)."""
+    reason = unavailable_reason()
+    if reason:
+        print(f"sandbox: {reason}", file=sys.stderr)
+        return 77
+    with Sandbox() as sb:
+        return sb.run(argv, cwd=cwd, check=False).returncode
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
         print("usage: python -m tests.harness.sandbox -- CMD [ARGS...]", file=sys.stderr)
         return 2
-    reason = unavailable_reason()
-    if reason:
-        print(f"sandbox: {reason}", file=sys.stderr)
-        return 77
-    with Sandbox() as sb:
-        return sb.run(argv, check=False).returncode
+    return run_in_sandbox(argv)
 
 
 if __name__ == "__main__":
