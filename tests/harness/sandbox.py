@@ -30,11 +30,15 @@ MASKED_UNITS = ["systemd-sysctl.service", "systemd-binfmt.service", "proc-sys-fs
 BOOT_SCRIPT = r"""
 set -e
 for d in "$@"; do echo $$ > "$d/cgroup.procs"; done
-exec unshare --pid --fork --mount --cgroup --uts --ipc --propagation private bash -c '
+exec unshare --pid --fork --kill-child=SIGKILL --mount --cgroup --uts --ipc \
+  --propagation private bash -c '
 set -e
 mount -t proc proc /proc
 mount -t tmpfs -o mode=755 tmpfs /run
+# directories under /tmp that the tests need (a checkout, a venv) survive the private /tmp
+i=0; for d in $KEEP; do mkdir -p /run/keep/$i; mount --bind "$d" /run/keep/$i; i=$((i+1)); done
 mount -t tmpfs -o mode=1777 tmpfs /tmp
+i=0; for d in $KEEP; do mkdir -p "$d"; mount --move /run/keep/$i "$d"; i=$((i+1)); done
 mount --bind /proc/sys /proc/sys; mount -o remount,bind,ro /proc/sys
 mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup
 while IFS=: read -r id ctrl path; do
@@ -108,6 +112,7 @@ class Sandbox:
         self.stop()
 
     def _make_cgroups(self) -> None:
+        _sweep_stale_cgroups()
         unified, v1 = _mountpoints()
         with open("/proc/self/cgroup") as f:
             mine = f.read().splitlines()
@@ -128,10 +133,11 @@ class Sandbox:
 
     def start(self, timeout: float = 30.0) -> None:
         self._make_cgroups()
-        env = dict(os.environ, MASKED=" ".join(MASKED_UNITS))
+        env = dict(os.environ, MASKED=" ".join(MASKED_UNITS), KEEP=" ".join(_kept_dirs()))
         self._boot = subprocess.Popen(
             ["bash", "-c", BOOT_SCRIPT, "boot", *self.cgroups], stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while self.pid1 is None:
             self.pid1 = self._find_pid1()
@@ -219,6 +225,49 @@ class Sandbox:
                 time.sleep(0.05)
 
 
+def _die_with_parent() -> None:
+    """Boot shell (then unshare, same process): SIGKILL when the harness dies, however it dies;
+    unshare --kill-child then takes the namespace's PID 1, and so the whole sandbox, with it."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _sweep_stale_cgroups() -> None:
+    """Remove csd-<pid>-* cgroups of harnesses that are gone (killed before their cleanup)."""
+    unified, v1 = _mountpoints()
+    with open("/proc/self/cgroup") as f:
+        mine = f.read().splitlines()
+    for line in mine:
+        hid, ctrls, path = line.split(":", 2)
+        mnt = unified if hid == "0" else v1.get(ctrls.split(",")[0])
+        parent = os.path.realpath(os.path.join(mnt, path.lstrip("/"))) if mnt else None
+        if not parent or not os.path.isdir(parent):
+            continue
+        for name in os.listdir(parent):
+            parts = name.split("-")
+            if parts[0] == "csd" and len(parts) == 3 and parts[1].isdigit() \
+                    and not os.path.exists(f"/proc/{parts[1]}"):
+                d = os.path.join(parent, name)
+                _kill_cgroup(d)
+                for root, dirs, _files in os.walk(d, topdown=False):
+                    for sub in dirs:
+                        _rmdir(os.path.join(root, sub))
+                _rmdir(d)
+
+
+def _kept_dirs() -> list[str]:
+    """The checkout and the interpreter's prefix, if they live under /tmp."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = []
+    for d in (here, sys.prefix):
+        d = os.path.realpath(d)
+        if d.startswith("/tmp/") and " " not in d and d not in out:
+            out.append(d)
+    return out
+
+
 def _rmdir(path: str) -> bool:
     try:
         os.rmdir(path)
@@ -261,7 +310,13 @@ def run_in_sandbox(argv: list[str], cwd: str | None = None) -> int:
         return sb.run(argv, cwd=cwd, check=False).returncode
 
 
+def raise_on_sigterm() -> None:
+    """Let SIGTERM unwind the stack (SystemExit), so that Sandbox.__exit__ cleans up."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str]) -> int:
+    raise_on_sigterm()
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.sandbox import Sandbox, unavailable_reason
+from tests.harness.sandbox import Sandbox, raise_on_sigterm, unavailable_reason
 
 CSD = str(Path(sys.executable).parent / "condor-systemd")
 PY = sys.executable
@@ -30,6 +30,7 @@ def sandbox():
     reason = unavailable_reason()
     if reason:
         pytest.skip(f"real-systemd tests need the sandbox: {reason}")
+    raise_on_sigterm()
     with Sandbox() as sb:
         yield sb
 
