@@ -470,9 +470,12 @@ class ServiceJob(SystemdJob):
         sandbox, enc = self.spec.sandbox, properties.encode
         props = []
         if sandbox.private_tmp:
-            if _under_tmp(self.spec.cwd):
-                self.enforced["private_tmp"] = ("off: the working directory is under /tmp or "
-                                                "/var/tmp, which a private /tmp would hide")
+            hidden = [what for what, path in (("working directory", self.spec.cwd),
+                                              ("command", self.spec.executable))
+                      if _under_tmp(path)]
+            if hidden:
+                self.enforced["private_tmp"] = (f"off: the {' and '.join(hidden)} "
+                                                "under /tmp or /var/tmp would be hidden by it")
             else:
                 props.append(enc("PrivateTmp", True))
         if sandbox.private_users:

@@ -130,3 +130,13 @@ def test_rlimits_are_inherited(jobs):
 def jobs_csd() -> str:
     from .conftest import CSD
     return CSD
+
+
+def test_private_tmp_is_off_for_a_command_under_tmp(jobs):
+    jobs.inside("cp", "/bin/true", "/tmp/csd-true")
+    try:
+        proc, usage = jobs.run_with_usage("--", "/tmp/csd-true")
+    finally:
+        jobs.inside("rm", "-f", "/tmp/csd-true")
+    assert proc.returncode == 0, proc.stderr
+    assert usage["enforced"]["private_tmp"].startswith("off: the command")
