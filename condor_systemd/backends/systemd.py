@@ -740,8 +740,9 @@ def _valid_env_value(value: str) -> bool:
 
 
 def _under_tmp(path: str) -> bool:
-    real = os.path.realpath(path)
-    return any(real == d or real.startswith(d + "/") for d in ("/tmp", "/var/tmp"))
+    """Is path, as given or resolved, in /tmp or /var/tmp (which PrivateTmp replaces)?"""
+    paths = {os.path.abspath(path), os.path.realpath(path)}
+    return any(p == d or p.startswith(d + "/") for p in paths for d in ("/tmp", "/var/tmp"))
 
 
 def _current_umask() -> int:
