@@ -21,7 +21,9 @@ import pytest
 from tests.harness.sandbox import Sandbox, raise_on_sigterm, unavailable_reason
 
 CSD = str(Path(sys.executable).parent / "condor-systemd")
-PY = sys.executable
+# Python for the jobs themselves: the real interpreter, not the venv's symlink, which may sit
+# under /tmp (a CI checkout) where the job's private /tmp would hide it.
+PY = os.path.realpath(sys.executable)
 WORK_ROOT = Path("/var/lib/csd-tests")
 
 
