@@ -123,8 +123,9 @@ def spec_from_args(args: argparse.Namespace, environ: dict[str, str]) -> JobSpec
     limit_of = {prop: field for field, prop in LIMIT_PROPERTY.items()}
     sandbox_of = {prop: field for field, prop in SANDBOX_PROPERTY.items()}
     for name, text in args.property:  # -p overrides the matching option, like a later option
-        if name in limit_of and text.strip() != "infinity":
-            limits[limit_of[name]] = _limit_value(name, text)
+        if name in limit_of:  # "infinity" is no limit: systemd's default, nothing to send
+            limits[limit_of[name]] = None if text.strip() == "infinity" else \
+                _limit_value(name, text)
         elif name in sandbox_of:
             value = TABLE[name].parse(text)  # type: ignore[misc]
             sandbox[sandbox_of[name]] = None if value == "no" else value

@@ -20,6 +20,8 @@ _UNIT_POWER = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
 _SLICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_:.-]{0,240}\.slice")
 MAX_CPU = 8191
+MAX_SIZE = 2**63 - 1  # systemd takes uint64 with UINT64_MAX meaning "infinity"
+MAX_PERCENT = 100.0 * (MAX_CPU + 1)
 PROTECT_SYSTEM_VALUES = ("yes", "full", "strict")
 
 
@@ -31,6 +33,8 @@ def parse_size(text: str) -> int:
     value = float(m.group(1)) * 1024 ** _UNIT_POWER[m.group(2).upper()]
     if value < 1:
         raise UsageError(f"size '{text}' must be more than zero")
+    if value > MAX_SIZE:
+        raise UsageError(f"size '{text}' is too large")
     return int(value)
 
 
@@ -43,6 +47,8 @@ def parse_percent(text: str) -> float:
         raise UsageError(f"'{text}' is not a percentage (e.g. 150%)") from None
     if not value > 0 or value == float("inf"):
         raise UsageError(f"percentage '{text}' must be more than zero")
+    if value > MAX_PERCENT:
+        raise UsageError(f"percentage '{text}' is more than {MAX_CPU + 1} CPUs")
     return value
 
 
@@ -53,6 +59,8 @@ def parse_cpu_count(text: str) -> float:
         raise UsageError(f"'{text}' is not a number of CPUs (e.g. 2 or 0.5)") from None
     if not value > 0 or value == float("inf"):
         raise UsageError(f"number of CPUs '{text}' must be more than zero")
+    if value > MAX_CPU + 1:
+        raise UsageError(f"number of CPUs '{text}' is too large")
     return value
 
 
@@ -116,7 +124,7 @@ def check_job_id(job_id: str) -> str:
 
 
 def check_slice(name: str) -> str:
-    if not _SLICE.fullmatch(name) or "--" in name or name.startswith("-"):
+    if not _SLICE.fullmatch(name) or "--" in name or name.endswith("-.slice"):
         raise UsageError(f"'{name}' is not a slice name (e.g. condor.slice)")
     return name
 

@@ -57,16 +57,21 @@ class Usage(NamedTuple):
         ]
         for key in KEYS:
             value = getattr(self, key)
-            name = "CondorSystemd" + "".join(p.capitalize() for p in key.split("_"))
+            name = "CondorSystemd" + _camel(key)
             if isinstance(value, list):
                 lines.append(f"{name} = {_ad(' '.join(value))}")
             elif isinstance(value, dict):
                 for sub, subvalue in value.items():
-                    subname = "".join(p.capitalize() for p in sub.split("_"))
+                    subname = _camel(sub)
                     lines.append(f"{name}{subname} = {_ad(subvalue)}")
             else:
                 lines.append(f"{name} = {_ad(value)}")
         return "\n".join(lines) + "\n"
+
+
+def _camel(key: str) -> str:
+    """memory_max -> MemoryMax; a property name such as PrivatePIDs stays as it is."""
+    return "".join(part[:1].upper() + part[1:] for part in key.split("_"))
 
 
 def _ceil_div(value: int | None, by: int) -> int | None:

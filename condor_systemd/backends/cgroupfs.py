@@ -14,6 +14,10 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+# cgroup v1 super options that are not controllers (see cgroup1_parse_param in the kernel)
+V1_MOUNT_OPTIONS = frozenset(("rw", "ro", "xattr", "clone_children", "noprefix", "none",
+                              "cpuset_v2_mode", "all", "favordynmods"))
+
 
 class Layout(NamedTuple):
     kind: str                 # "unified" | "hybrid" | "legacy" | "none"
@@ -52,7 +56,7 @@ def probe_layout(mountinfo: str = "/proc/self/mountinfo") -> Layout:
             unified = mnt
         elif fstype == "cgroup":
             for o in opts.split(","):
-                if o in ("rw", "ro") or ("=" in o and not o.startswith("name=")):
+                if o in V1_MOUNT_OPTIONS or ("=" in o and not o.startswith("name=")):
                     continue
                 v1.setdefault(o, mnt)
     if unified and not v1:

@@ -40,7 +40,17 @@ def _size_or_infinity(text: str) -> int:
 
 
 def _count_or_infinity(text: str) -> int:
-    return UINT64_MAX if text.strip() == "infinity" else parse_int(text, "value", 1, 2**63)
+    return UINT64_MAX if text.strip() == "infinity" else parse_int(text, "value", 1, 2**63 - 1)
+
+
+def _rlimit(text: str) -> int:
+    """setrlimit values: 'infinity', a count (0 allowed: LimitCORE=0), or a size like 4G."""
+    text = text.strip()
+    if text == "infinity":
+        return UINT64_MAX
+    if text.isdigit():
+        return parse_int(text, "limit", 0, 2**63 - 1)
+    return parse_size(text)
 
 
 def _weight(text: str) -> int:
@@ -166,10 +176,9 @@ TABLE: dict[str, Prop] = {
 }
 
 # Resource limits (setrlimit): the job inherits the wrapper's, as it would without systemd.
-for _rlimit in ("CPU", "FSIZE", "DATA", "STACK", "CORE", "NOFILE", "AS", "NPROC", "MEMLOCK"):
-    TABLE[f"Limit{_rlimit}"] = Prop(f"Limit{_rlimit}", "t", _count_or_infinity, 209,
-                                    services_only=True)
-    TABLE[f"Limit{_rlimit}Soft"] = Prop(f"Limit{_rlimit}Soft", "t", _count_or_infinity, 209,
+for _name in ("CPU", "FSIZE", "DATA", "STACK", "CORE", "NOFILE", "AS", "NPROC", "MEMLOCK"):
+    TABLE[f"Limit{_name}"] = Prop(f"Limit{_name}", "t", _rlimit, 209, services_only=True)
+    TABLE[f"Limit{_name}Soft"] = Prop(f"Limit{_name}Soft", "t", _rlimit, 209,
                                         services_only=True)
 
 # Limits fields and the property each one becomes.

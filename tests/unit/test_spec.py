@@ -221,8 +221,6 @@ def test_check_slice_refuses(name):
     assert f"'{name}'" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: check_slice accepts a trailing dash before "
-                   "'.slice', which systemd's slice_name_is_valid() refuses")
 def test_check_slice_refuses_trailing_dash():
     with pytest.raises(UsageError):
         check_slice("condor-.slice")

@@ -28,7 +28,8 @@ def _full() -> Usage:
         io_write_bytes=1, tasks_peak=4,
         limits={"memory_max": 2 * 1024**3, "allowed_cpus": "0-3", "private_tmp": True},
         enforced={"memory_max": True, "allowed_cpus": "not enforced: reason"},
-        cgroup_layout="unified", systemd_version=252)
+        cgroup_layout="unified", cgroup_controllers=["cpu", "io", "memory"],
+        systemd_version=252)
 
 
 # -- JSON ------------------------------------------------------------------------------------
@@ -179,3 +180,13 @@ def test_classad_ends_with_newline_and_has_no_blank_lines():
     text = _full().to_classad()
     assert text.endswith("\n")
     assert "" not in text.splitlines()
+
+
+def test_cgroup_controllers():
+    data = json.loads(_full().to_json())
+    assert data["cgroup_controllers"] == ["cpu", "io", "memory"]
+    ad = _ad(_full().to_classad())
+    assert ad["CondorSystemdCgroupControllers"] == '"cpu io memory"'
+    empty = Usage(unit="u", backend="systemd", job_id="1")
+    assert json.loads(empty.to_json())["cgroup_controllers"] == []
+    assert _ad(empty.to_classad())["CondorSystemdCgroupControllers"] == '""'

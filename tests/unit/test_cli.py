@@ -1,0 +1,255 @@
+"""The command line as HTCondor sees it: exit status, one line on stderr, the wrapper error file.
+
+Run as a subprocess. On the machines these unit tests run on systemd is not the init system, so
+every launch fails before anything is started (asserted below, so a systemd host is noticed).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NO_SYSTEMD = not os.path.isdir("/run/systemd/system")
+needs_no_systemd = pytest.mark.skipif(not NO_SYSTEMD, reason="systemd is the init system here")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("_CONDOR_")}
+    env.update(extra)
+    return env
+
+
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "condor_systemd", *args], cwd=ROOT,
+                          env=_env(**env), stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=60)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, code: int) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert proc.stderr.endswith("\n")
+    assert lines[0].startswith("condor-systemd: ")
+    assert "internal error" not in lines[0]
+    return lines[0]
+
+
+# -- usage errors: 2 -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["run", "--memory", "2X", "--", "true"], "'2X' is not a size"),
+        (["run", "--cpus", "0", "--", "true"], "'0' must be more than zero"),
+        (["run", "--allowed-cpus", "3-1", "--", "true"], "runs backwards"),
+        (["run", "-p", "Foo=1", "--", "true"], "unknown property"),
+        (["run", "-p", "ExecStart=/x", "--", "true"], "not settable"),
+        (["run"], "missing command"),
+        (["run", "--"], "missing command"),
+        (["run", "--name", "a/b", "--", "true"], "'a/b'"),
+        (["run", "--cpus", "1", "--cpu-quota", "50%", "--", "true"], "not both"),
+        (["run", "--io-weight", "0", "--", "true"], "out of range (1-10000)"),
+        (["run", "--tasks-max", "-1", "--", "true"], "'-1'"),
+        (["run", "--slice", "bad", "--", "true"], "'bad' is not a slice name"),
+        (["run", "--backend", "nope", "--", "true"], "'nope'"),
+        (["run", "--scope", "--private-users", "--", "true"], "scopes cannot be sandboxed"),
+        (["run", "--scope", "--protect-system", "--", "true"], "scopes cannot be sandboxed"),
+        (["run", "--protect-system", "bogus", "--", "true"], "'bogus'"),
+        (["run", "--stop-timeout", "-1", "--", "true"], "'-1'"),
+        (["run", "--no-such-option", "--", "true"], "--no-such-option"),
+        ([], "VERB"),
+        (["frobnicate"], "frobnicate"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args, fragment, tmp_path):
+    error_file = tmp_path / "wrapper-error"
+    proc = cli(*args, _CONDOR_WRAPPER_ERROR_FILE=str(error_file))
+    line = _one_line_error(proc, 2)
+    assert fragment in line
+    assert not error_file.exists()  # usage errors are the admin's, not the job's
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may use --uid; see the root variant")
+def test_uid_needs_root():
+    line = _one_line_error(cli("run", "--uid", "nobody", "--", "true"), 2)
+    assert "need root" in line
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="unknown users are checked only for root")
+def test_uid_unknown_user_as_root():
+    line = _one_line_error(cli("run", "--uid", "no-such-user-xyz", "--", "true"), 2)
+    assert "no-such-user-xyz" in line
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="unknown groups are checked only for root")
+def test_gid_unknown_group_as_root():
+    line = _one_line_error(cli("run", "--gid", "no-such-group-xyz", "--", "true"), 2)
+    assert "no-such-group-xyz" in line
+
+
+# -- the command: 127 / 126 ------------------------------------------------------------------
+
+
+def test_command_not_found(tmp_path):
+    error_file = tmp_path / "wrapper-error"
+    proc = cli("run", "--", "no-such-command-xyz", "arg",
+               _CONDOR_WRAPPER_ERROR_FILE=str(error_file))
+    line = _one_line_error(proc, 127)
+    assert line == "condor-systemd: no-such-command-xyz: command not found"
+    assert error_file.read_text() == "condor-systemd: no-such-command-xyz: command not found\n"
+
+
+def test_command_not_found_without_error_file():
+    line = _one_line_error(cli("run", "--", "no-such-command-xyz"), 127)
+    assert "command not found" in line
+
+
+def test_command_searched_in_the_job_path(tmp_path):
+    proc = cli("run", "--", "true", PATH=str(tmp_path))
+    line = _one_line_error(proc, 127)
+    assert "true: command not found" in line
+
+
+def test_command_not_executable(tmp_path):
+    plain = tmp_path / "plain"
+    plain.write_text("#!/bin/sh\n")
+    plain.chmod(0o644)
+    error_file = tmp_path / "wrapper-error"
+    proc = cli("run", "--", str(plain), _CONDOR_WRAPPER_ERROR_FILE=str(error_file))
+    line = _one_line_error(proc, 126)
+    assert str(plain) in line
+    assert "not executable" in line
+    assert str(plain) in error_file.read_text()
+
+
+def test_command_is_a_directory(tmp_path):
+    line = _one_line_error(cli("run", "--", str(tmp_path)), 126)
+    assert "is a directory" in line
+
+
+# -- no backend: 125 -------------------------------------------------------------------------
+
+
+def test_psutil_backend_not_available(tmp_path):
+    error_file = tmp_path / "wrapper-error"
+    proc = cli("run", "--backend", "psutil", "--", "true",
+               _CONDOR_WRAPPER_ERROR_FILE=str(error_file))
+    line = _one_line_error(proc, 125)
+    assert "psutil fallback backend is not available" in line
+    assert "not available" in error_file.read_text()
+
+
+@needs_no_systemd
+@pytest.mark.parametrize("backend", [["--backend", "systemd"], ["--backend", "auto"], []])
+def test_no_systemd_here(backend, tmp_path):
+    error_file = tmp_path / "wrapper-error"
+    proc = cli("run", *backend, "--memory", "1G", "--", "true",
+               _CONDOR_WRAPPER_ERROR_FILE=str(error_file))
+    line = _one_line_error(proc, 125)
+    assert "systemd is not the init system" in line
+    written = error_file.read_text()
+    assert written == line + "\n"
+    if backend != ["--backend", "systemd"]:
+        assert "fallback" in line
+
+
+@needs_no_systemd
+def test_no_systemd_without_error_file():
+    _one_line_error(cli("run", "--", "true"), 125)
+
+
+@needs_no_systemd
+def test_unwritable_error_file_is_not_fatal(tmp_path):
+    proc = cli("run", "--", "true",
+               _CONDOR_WRAPPER_ERROR_FILE=str(tmp_path / "no-such-dir" / "err"))
+    _one_line_error(proc, 125)
+
+
+@needs_no_systemd
+def test_log_file_gets_the_error(tmp_path):
+    log = tmp_path / "log"
+    proc = cli("run", "--log-file", str(log), "--", "true")
+    line = _one_line_error(proc, 125)
+    assert line.removeprefix("condor-systemd: ") in log.read_text()
+
+
+# -- help ------------------------------------------------------------------------------------
+
+
+def test_run_help():
+    proc = cli("run", "--help")
+    assert proc.returncode == 0
+    assert "--memory" in proc.stdout
+    assert "-- CMD [ARGS...]" in proc.stdout
+    assert proc.stderr == ""
+
+
+def test_top_level_help():
+    proc = cli("--help")
+    assert proc.returncode == 0
+    assert "run" in proc.stdout
+
+
+# -- from options to a JobSpec (in process, nothing is started) ------------------------------
+
+
+def _spec(*args: str, environ: dict[str, str] | None = None):
+    from condor_systemd.cli import build_parser, spec_from_args
+
+    parsed = build_parser().parse_args(["run", *args])
+    return spec_from_args(parsed, {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                   **(environ or {})})
+
+
+def test_spec_from_options():
+    spec = _spec("--cpus", "1.5", "--memory", "2G", "--allowed-cpus", "0-1", "--name", "7.1",
+                 "--", "true", "$x")
+    assert spec.argv == ("true", "$x")
+    assert os.path.basename(spec.executable) == "true"
+    assert spec.job_id == "7.1"
+    assert spec.unit_name == "condor-job-7.1.service"
+    assert spec.limits.cpu_quota_percent == 150.0
+    assert spec.limits.memory_max == 2 * 1024**3
+    assert spec.limits.allowed_cpus == (0, 1)
+    assert spec.sandbox.private_tmp is True
+    assert spec.properties == ()
+
+
+def test_spec_properties_override_options():
+    spec = _spec("--cpu-quota", "50%", "-p", "CPUQuota=150%", "-p", "PrivateTmp=no",
+                 "-p", "ProtectSystem=no", "-p", "Nice=5", "--", "true")
+    assert spec.limits.cpu_quota_percent == 150.0
+    assert spec.sandbox.private_tmp is False
+    assert spec.sandbox.protect_system is None
+    assert spec.properties == (("Nice", "5"),)
+
+
+def test_spec_job_id_and_slot_from_ads(tmp_path):
+    job_ad = tmp_path / "job.ad"
+    job_ad.write_text("ClusterId = 42\nProcId = 3\n")
+    spec = _spec("--", "true", environ={"_CONDOR_JOB_AD": str(job_ad), "_CONDOR_SLOT": "slot2",
+                                         "_CONDOR_WRAPPER_ERROR_FILE": "/x"})
+    assert spec.job_id == "42.3"
+    assert spec.slot == "slot2"
+    assert "_CONDOR_WRAPPER_ERROR_FILE" not in spec.environment
+    assert spec.environment["_CONDOR_SLOT"] == "slot2"
+
+
+def test_spec_local_job_id():
+    spec = _spec("--", "true")
+    assert spec.job_id.startswith(f"local-{os.getpid()}-")
+    assert len(spec.job_id.rsplit("-", 1)[1]) == 6
+
+
+def test_spec_infinity_property_overrides_option():
+    spec = _spec("--memory", "2G", "-p", "MemoryMax=infinity", "--", "true")
+    assert spec.limits.memory_max is None
