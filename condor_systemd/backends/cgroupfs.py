@@ -115,20 +115,6 @@ def procs(layout: Layout, cgroup: str) -> list[int] | None:
     return None if text is None else [int(p) for p in text.split()]
 
 
-def events_path(layout: Layout, cgroup: str) -> str | None:
-    """cgroup.events (v2/hybrid): pollable; 'populated 0' once the last process is gone."""
-    path = _path(layout.v2_dir(cgroup), "cgroup.events")
-    return path if path and os.path.exists(path) else None
-
-
-def populated(layout: Layout, cgroup: str) -> bool | None:
-    ev = _keyed(events_path(layout, cgroup))
-    if "populated" in ev:
-        return bool(ev["populated"])
-    pids = procs(layout, cgroup)
-    return None if pids is None else bool(pids)
-
-
 # -- accounting ------------------------------------------------------------------------------
 class Accounting(NamedTuple):
     cpu_user_seconds: float | None = None

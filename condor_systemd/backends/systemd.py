@@ -274,7 +274,7 @@ class SystemdJob:
         return self.phase == "ended"
 
     def main_has_ended(self) -> bool:
-        return self.sub_state == "exited" or self.active_state in ("inactive", "failed")
+        raise NotImplementedError
 
     def get_all(self, iface: str) -> dict:
         try:
@@ -316,30 +316,6 @@ class SystemdJob:
             self.conn.call_manager("KillUnit", "ssi", (self.unit, "all", int(signum)))
         except BusError as exc:
             self.log.warning(f"KillUnit({signum}) failed: {exc}")
-
-    def wait_until_empty(self, timeout: float) -> bool:
-        """Wait for the cgroup to lose its last process: poll() on cgroup.events, no busy loop."""
-        assert self.cgroup is not None
-        deadline = time.monotonic() + timeout
-        path = cgroupfs.events_path(self.layout, self.cgroup)
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if path else None
-        try:
-            poller = select.poll()
-            if fd is not None:
-                poller.register(fd, select.POLLPRI | select.POLLERR)
-            while cgroupfs.populated(self.layout, self.cgroup):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                # Without cgroup.events (legacy v1) there is nothing to wait on: recheck at 10 ms.
-                poller.poll(left * 1000 if fd is not None else 10)
-                if fd is not None:
-                    os.lseek(fd, 0, os.SEEK_SET)
-                    os.read(fd, 4096)
-            return True
-        finally:
-            if fd is not None:
-                os.close(fd)
 
     def remove_unit(self) -> None:
         """Stop the unit and wait until systemd has dropped it."""
@@ -582,6 +558,14 @@ class ScopeJob(SystemdJob):
             if pid:
                 self.status = status
         return self.status is not None
+
+    def kill(self) -> None:
+        """Stop-timeout escalation. KillUnit would take the sentinel too, and with it the
+        scope's cgroup and accounting: kill everything else by pid instead."""
+        if self.phase != "running" or not self.cgroup:
+            return
+        self.log.notice("stop timeout reached: killing every process of the job")
+        self.kill_leftovers()
 
     def kill_leftovers(self) -> None:
         """SIGKILL every process of the scope but the sentinel, by pidfd, until none is left."""

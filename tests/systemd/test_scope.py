@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -40,3 +41,20 @@ def test_scope_forwards_sigterm(jobs):
 def test_scope_refuses_sandboxing(jobs):
     proc = jobs.run("--scope", "--private-users", "--", "true")
     assert proc.returncode == 2 and "scopes cannot be sandboxed" in proc.stderr
+
+
+def test_scope_stop_timeout_keeps_accounting(jobs):
+    """The escalation must spare the sentinel: the scope's cgroup, and so its accounting, stays
+    until it has been read."""
+    ready = jobs.work / "ready"
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    path = jobs.usage_path()
+    proc = jobs.start("--scope", "--stop-timeout", "1", "--usage-file", str(path), "--",
+                      "sh", "-c", f"trap '' TERM; {PY} -c '{burn}'; touch {ready}; sleep 4246")
+    wait_files(ready)
+    os.kill(wrapper_pid(proc), signal.SIGTERM)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    usage = json.loads(path.read_text())
+    assert usage["signal"] == signal.SIGKILL
+    assert usage["cpu_user_seconds"] + usage["cpu_system_seconds"] >= 0.3
+    assert jobs.processes("^sleep 4246") == []

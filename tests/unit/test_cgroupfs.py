@@ -392,20 +392,10 @@ def test_unit_cgroup_nests_slices(tmp_path):
     assert cgroupfs.unit_cgroup(layout, "a.slice", "condor-job-1.service") is None
 
 
-def test_procs_and_populated(tmp_path):
-    layout = _v2(tmp_path, {"cgroup.procs": "12\n34\n", "cgroup.events": "populated 1\nfrozen 0\n"})
+def test_procs(tmp_path):
+    layout = _v2(tmp_path, {"cgroup.procs": "12\n34\n"})
     assert cgroupfs.procs(layout, UNIT) == [12, 34]
-    assert cgroupfs.events_path(layout, UNIT) == str(tmp_path / "v2" / UNIT.lstrip("/") /
-                                                     "cgroup.events")
-    assert cgroupfs.populated(layout, UNIT) is True
-    (tmp_path / "v2" / UNIT.lstrip("/") / "cgroup.events").write_text("populated 0\n")
-    assert cgroupfs.populated(layout, UNIT) is False
-
-
-def test_populated_without_events_uses_procs(tmp_path):
-    layout = _hybrid(tmp_path, name_systemd={"cgroup.procs": ""})
-    layout = layout._replace(unified=None, kind="legacy")
-    assert cgroupfs.events_path(layout, UNIT) is None
-    assert cgroupfs.procs(layout, UNIT) == []
-    assert cgroupfs.populated(layout, UNIT) is False
-    assert cgroupfs.populated(layout, "/gone") is None
+    legacy = _hybrid(tmp_path, name_systemd={"cgroup.procs": ""})
+    legacy = legacy._replace(unified=None, kind="legacy")
+    assert cgroupfs.procs(legacy, UNIT) == []
+    assert cgroupfs.procs(legacy, "/gone") is None
