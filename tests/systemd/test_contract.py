@@ -130,3 +130,14 @@ def test_quick_jobs_never_stall(jobs):
         start = time.monotonic()
         assert jobs.run("--", "sh", "-c", "exit 3").returncode == 3
         assert time.monotonic() - start < 3
+
+
+def test_non_root_caller_is_refused_clearly(jobs):
+    """As a plain user the wrapper talks to the system bus (Hello, AddMatch, Subscribe), and
+    systemd refuses to start a system unit: one line, exit 125, nothing left behind."""
+    proc = jobs.sandbox.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                             CSD, "run", "--", "true"], cwd=str(jobs.work), check=False,
+                            capture_output=True, text=True)
+    assert proc.returncode == 125, proc.stderr
+    assert proc.stderr.startswith("condor-systemd: not permitted to start system units")
+    assert proc.stderr.count("\n") == 1 and proc.stdout == ""
