@@ -113,15 +113,8 @@ class Sandbox:
 
     def _make_cgroups(self) -> None:
         _sweep_stale_cgroups()
-        unified, v1 = _mountpoints()
-        with open("/proc/self/cgroup") as f:
-            mine = f.read().splitlines()
-        for line in mine:
-            hid, ctrls, path = line.split(":", 2)
-            mnt = unified if hid == "0" else v1.get(ctrls.split(",")[0])
-            if not mnt:
-                continue
-            d = os.path.realpath(os.path.join(mnt, path.lstrip("/"), self.name))
+        for parent in _my_cgroup_dirs():
+            d = os.path.join(parent, self.name)
             os.makedirs(d, exist_ok=True)
             self.cgroups.append(d)
             if os.path.exists(os.path.join(d, "cpuset.cpus")):
@@ -211,10 +204,7 @@ class Sandbox:
         while self.cgroups:
             left = []
             for d in self.cgroups:
-                for root, dirs, _files in os.walk(d, topdown=False):
-                    for sub in dirs:
-                        _rmdir(os.path.join(root, sub))
-                if not _rmdir(d):
+                if not _remove_tree(d):
                     left.append(d)
             self.cgroups = left
             if left:
@@ -234,27 +224,39 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _sweep_stale_cgroups() -> None:
-    """Remove csd-<pid>-* cgroups of harnesses that are gone (killed before their cleanup)."""
+def _my_cgroup_dirs() -> list[str]:
+    """This process's cgroup directory in every mounted hierarchy."""
     unified, v1 = _mountpoints()
     with open("/proc/self/cgroup") as f:
         mine = f.read().splitlines()
+    dirs = []
     for line in mine:
         hid, ctrls, path = line.split(":", 2)
         mnt = unified if hid == "0" else v1.get(ctrls.split(",")[0])
-        parent = os.path.realpath(os.path.join(mnt, path.lstrip("/"))) if mnt else None
-        if not parent or not os.path.isdir(parent):
+        if mnt:
+            dirs.append(os.path.realpath(os.path.join(mnt, path.lstrip("/"))))
+    return dirs
+
+
+def _remove_tree(path: str) -> bool:
+    """rmdir a cgroup and its children, deepest first; True when it is gone."""
+    for root, dirs, _files in os.walk(path, topdown=False):
+        for sub in dirs:
+            _rmdir(os.path.join(root, sub))
+    return _rmdir(path)
+
+
+def _sweep_stale_cgroups() -> None:
+    """Remove csd-<pid>-* cgroups of harnesses that are gone (killed before their cleanup)."""
+    for parent in _my_cgroup_dirs():
+        if not os.path.isdir(parent):
             continue
         for name in os.listdir(parent):
             parts = name.split("-")
             if parts[0] == "csd" and len(parts) == 3 and parts[1].isdigit() \
                     and not os.path.exists(f"/proc/{parts[1]}"):
-                d = os.path.join(parent, name)
-                _kill_cgroup(d)
-                for root, dirs, _files in os.walk(d, topdown=False):
-                    for sub in dirs:
-                        _rmdir(os.path.join(root, sub))
-                _rmdir(d)
+                _kill_cgroup(os.path.join(parent, name))
+                _remove_tree(os.path.join(parent, name))
 
 
 def _kept_dirs() -> list[str]:
