@@ -27,3 +27,14 @@ def test_journal_shows_the_lifecycle(jobs):
     for line in ("Started condor-job-78.0.service", "started HTCondor job 78.0",
                  "status=3", "finished: exit code 3"):
         assert line in log, f"{line!r} missing from:\n{log}"
+
+
+def test_log_file_gets_the_diagnostics_and_the_job_output_stays_clean(jobs):
+    log = jobs.work / "csd.log"
+    proc = jobs.run("--log-file", str(log), "--allowed-cpus", "0", "--", "echo", "job-output")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "job-output\n", "")
+    text = log.read_text()
+    assert "started HTCondor job" in text and "finished: exit code 0" in text
+    hybrid = jobs.inside("test", "-d", "/sys/fs/cgroup/unified").returncode == 0
+    if hybrid:  # what is not enforced is said, in the log, not in the job's output
+        assert "allowed_cpus: not enforced" in text

@@ -140,3 +140,11 @@ def test_private_tmp_is_off_for_a_command_under_tmp(jobs):
         jobs.inside("rm", "-f", "/tmp/csd-true")
     assert proc.returncode == 0, proc.stderr
     assert usage["enforced"]["private_tmp"].startswith("off: the command")
+
+
+def test_private_users(jobs):
+    """PrivateUsers=yes: the job's user namespace maps only its own uid (not the full range)."""
+    shared = jobs.run("--", "cat", "/proc/self/uid_map").stdout.split()
+    private = jobs.run("--private-users", "--", "cat", "/proc/self/uid_map").stdout.split()
+    assert shared == ["0", "0", "4294967295"]
+    assert private[:3] == ["0", "0", "1"], private  # root maps to itself, nobody else does
