@@ -48,6 +48,15 @@ SERVICE_IFACE = "org.freedesktop.systemd1.Service"
 SCOPE_IFACE = "org.freedesktop.systemd1.Scope"
 CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
 CLEANUP_TIMEOUT = 10.0
+# Variables systemd sets for each service itself. Inherited from a wrapper that runs inside
+# another unit (the HTCondor starter's), Environment= would override the job unit's own values.
+PER_UNIT_VARIABLES = frozenset((
+    "INVOCATION_ID", "JOURNAL_STREAM", "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID",
+    "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID", "MAINPID", "MANAGERPID",
+    "SYSTEMD_EXEC_PID", "TRIGGER_UNIT", "TRIGGER_PATH", "TRIGGER_TIMER_REALTIME_USEC",
+    "TRIGGER_TIMER_MONOTONIC_USEC", "CREDENTIALS_DIRECTORY", "RUNTIME_DIRECTORY",
+    "STATE_DIRECTORY", "CACHE_DIRECTORY", "LOGS_DIRECTORY", "CONFIGURATION_DIRECTORY",
+    "MEMORY_PRESSURE_WATCH", "MEMORY_PRESSURE_WRITE"))
 SLEEP = next((p for p in ("/usr/bin/sleep", "/bin/sleep") if os.path.exists(p)), "/bin/sleep")
 # rlimits the job inherits from the wrapper, as it would under HTCondor without us.
 RLIMITS = {"CPU": resource.RLIMIT_CPU, "FSIZE": resource.RLIMIT_FSIZE,
@@ -435,6 +444,8 @@ class ServiceJob(SystemdJob):
         """The job's environment, minus what systemd would refuse (it would refuse the unit)."""
         out = []
         for name, value in self.spec.environment.items():
+            if name in PER_UNIT_VARIABLES:
+                continue  # systemd sets the job unit's own
             if _valid_env_name(name) and _valid_env_value(value):
                 out.append(f"{name}={value}")
             else:

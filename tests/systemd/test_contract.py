@@ -141,3 +141,15 @@ def test_non_root_caller_is_refused_clearly(jobs):
     assert proc.returncode == 125, proc.stderr
     assert proc.stderr.startswith("condor-systemd: not permitted to start system units")
     assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+
+
+def test_per_unit_variables_are_the_job_units_own(jobs):
+    """A wrapper running inside another unit must not hand that unit's INVOCATION_ID or
+    NOTIFY_SOCKET to the job: systemd sets the job unit's own."""
+    env = {"PATH": "/usr/bin:/bin", "INVOCATION_ID": "0" * 32, "NOTIFY_SOCKET": "/run/x",
+           "KEPT": "yes"}
+    proc = jobs.run("--name", "inv", "--", "sh", "-c",
+                    'echo "$INVOCATION_ID ${NOTIFY_SOCKET-unset} $KEPT"', env=env)
+    invocation, notify, kept = proc.stdout.split()
+    assert len(invocation) == 32 and invocation != "0" * 32
+    assert (notify, kept) == ("unset", "yes")
