@@ -59,13 +59,15 @@ def run(spec: JobSpec, stdio: tuple[int, int, int] = (0, 1, 2), backend: str = "
     with _SignalInbox() as inbox:
         job = chosen.start(spec, stdio, log)
         try:
-            poller = select.poll()
-            for fd in job.fds():
-                poller.register(fd, select.POLLIN | select.POLLPRI)
-            poller.register(inbox.read_fd, select.POLLIN)
+            fds: list[int] = []
             deadline: float | None = None
             killed = False
             while not job.poll():
+                if job.fds() != fds:  # first time, or the backend reconnected
+                    fds = job.fds()
+                    poller = select.poll()
+                    for fd in fds + [inbox.read_fd]:
+                        poller.register(fd, select.POLLIN | select.POLLPRI)
                 timeout = None
                 if deadline is not None and not killed:
                     timeout = max(0.0, deadline - time.monotonic()) * 1000

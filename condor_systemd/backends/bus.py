@@ -16,6 +16,7 @@ import os
 import select
 import socket
 import struct
+import time
 from collections import deque
 
 from jeepney import HeaderFields, Message, MessageType
@@ -82,6 +83,23 @@ class Connection:
             conn._call_address(bus, "AddMatch", "s", (rule,))
             conn.call_manager("Subscribe")
         return conn
+
+    def reconnect(self, timeout: float) -> None:
+        """Open a fresh connection in place: `systemctl daemon-reexec` closes every one. What
+        is kept: the signal filter and signals already received."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fresh = Connection.open()
+                break
+            except BusError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)  # systemd is re-executing: it accepts again within moments
+        self.sock.close()
+        self.sock, self.via_bus_daemon = fresh.sock, fresh.via_bus_daemon
+        self._buf, self._serial = fresh._buf, fresh._serial
+        self.signals.extend(fresh.signals)
 
     def close(self) -> None:
         self.sock.close()

@@ -48,6 +48,7 @@ SERVICE_IFACE = "org.freedesktop.systemd1.Service"
 SCOPE_IFACE = "org.freedesktop.systemd1.Scope"
 CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
 CLEANUP_TIMEOUT = 10.0
+RECONNECT_TIMEOUT = 30.0  # a daemon-reexec takes about a second
 # Variables systemd sets for each service itself. Inherited from a wrapper that runs inside
 # another unit (the HTCondor starter's), Environment= would override the job unit's own values.
 PER_UNIT_VARIABLES = frozenset((
@@ -238,7 +239,36 @@ class SystemdJob:
         try:
             return self.conn.read_signals()
         except BusError as exc:
+            self.recover(exc)
+            return self.conn.read_signals()
+
+    def recover(self, exc: BusError) -> None:
+        """After a lost connection (daemon-reexec): reconnect and catch up with the unit, whose
+        signals were missed meanwhile. Any other error is mapped and raised."""
+        if exc.name:
             raise _map_bus_error(exc, self.spec.unit_name) from None
+        self.log.warning(f"lost the connection to systemd ({exc.text}); reconnecting")
+        try:
+            self.conn.reconnect(RECONNECT_TIMEOUT)
+            props = self.conn.get_all(self.path, UNIT_IFACE)
+        except BusError as again:
+            raise _map_bus_error(again, self.spec.unit_name) from None
+        self.active_state = props.get("ActiveState", "")
+        self.sub_state = props.get("SubState", "")
+        # The old manager sent UnitRemoved for every unit as it went down: ours is still here.
+        self.removed = False
+        if self.phase == "starting" and self.active_state in ("active", "deactivating"):
+            self.on_job_removed("done")  # its JobRemoved went out while we were away
+        self.log.info(f"reconnected; {self.unit} is {self.active_state}/{self.sub_state}")
+        self.has_ended()
+
+    def manager(self, method: str, signature: str, body: tuple) -> tuple:
+        """A Manager call that survives one lost connection."""
+        try:
+            return self.conn.call_manager(method, signature, body)
+        except BusError as exc:
+            self.recover(exc)
+            return self.conn.call_manager(method, signature, body)
 
     def handle(self, msg: Any) -> None:
         fields = msg.header.fields
@@ -289,7 +319,11 @@ class SystemdJob:
         try:
             return self.conn.get_all(self.path, iface)
         except BusError as exc:
-            raise _map_bus_error(exc, self.spec.unit_name) from None
+            self.recover(exc)
+            try:
+                return self.conn.get_all(self.path, iface)
+            except BusError as again:
+                raise _map_bus_error(again, self.spec.unit_name) from None
 
     def verify_limits(self) -> None:
         asked = {k: v for k, v in self.spec.limits.asked().items() if k not in self.enforced}
@@ -322,8 +356,8 @@ class SystemdJob:
         if not self.created:
             return
         try:
-            self.conn.call_manager("KillUnit", "ssi", (self.unit, "all", int(signum)))
-        except BusError as exc:
+            self.manager("KillUnit", "ssi", (self.unit, "all", int(signum)))
+        except (BusError, CondorSystemdError) as exc:
             self.log.warning(f"KillUnit({signum}) failed: {exc}")
 
     def remove_unit(self) -> None:
@@ -513,8 +547,8 @@ class ServiceJob(SystemdJob):
         """End the ExecStopPost sleeper; the unit then goes inactive and is collected."""
         if self.created and not self.removed:
             try:
-                self.conn.call_manager("KillUnit", "ssi", (self.unit, "control", signal.SIGKILL))
-            except BusError:
+                self.manager("KillUnit", "ssi", (self.unit, "control", signal.SIGKILL))
+            except (BusError, CondorSystemdError):
                 pass
         self.wait_removed()
 

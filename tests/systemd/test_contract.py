@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 
 from .conftest import CSD, PY, wrapper_pid
+from .test_kill import wait_files
 
 
 def test_exit_code_is_passed_through(jobs):
@@ -153,3 +155,18 @@ def test_per_unit_variables_are_the_job_units_own(jobs):
     invocation, notify, kept = proc.stdout.split()
     assert len(invocation) == 32 and invocation != "0" * 32
     assert (notify, kept) == ("unset", "yes")
+
+
+def test_daemon_reexec_does_not_lose_the_job(jobs):
+    """systemctl daemon-reexec closes every D-Bus connection: the wrapper reconnects, catches
+    up with its unit, and still reports the exit status and accounting, and cleans up."""
+    ready = jobs.work / "ready"
+    path = jobs.usage_path()
+    proc = jobs.start("--name", "reexec", "--usage-file", str(path), "--",
+                      "sh", "-c", f"touch {ready}; sleep 1; exit 5")
+    wait_files(ready)
+    assert jobs.inside("systemctl", "daemon-reexec").returncode == 0
+    assert proc.wait(timeout=60) == 5
+    usage = json.loads(path.read_text())
+    assert usage["exit_code"] == 5 and usage["cpu_user_seconds"] is not None
+    assert jobs.processes("^sleep infinity") == []
