@@ -352,6 +352,29 @@ class SystemdJob:
         self.log.notice("stop timeout reached: killing every process of the job")
         self.kill_unit(signal.SIGKILL)
 
+    def kill_pids(self, pids: list[int], spare: set[int]) -> int:
+        """SIGKILL these pids but `spare`, each through a pidfd after checking that it is still
+        in the unit's cgroup (a pid can be reused); returns how many were signalled."""
+        killed = 0
+        for pid in pids:
+            if pid in spare:
+                continue
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue  # gone already
+            try:
+                with open(f"/proc/{pid}/cgroup") as f:
+                    if f":{self.cgroup}\n" not in f.read() + "\n":
+                        continue
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        return killed
+
     def kill_unit(self, signum: int) -> None:
         if not self.created:
             return
@@ -517,8 +540,27 @@ class ServiceJob(SystemdJob):
             # behind dies at once (the stop timeout's grace is for a job whose main still runs).
             self.leftovers_killed = True
             self.log.info("main process ended: killing the processes it left behind")
-            self.kill_unit(signal.SIGKILL)
+            self.kill_all_but_holder()
         return self.sub_state == "stop-post" or self.active_state in ("inactive", "failed")
+
+    def kill(self) -> None:
+        if self.phase != "running":
+            return
+        self.log.notice("stop timeout reached: killing every process of the job")
+        self.kill_all_but_holder()
+
+    def kill_all_but_holder(self) -> None:
+        """SIGKILL every process of the job, sparing the ExecStopPost holder: KillUnit cannot,
+        and systemd may enter stop-post (starting the holder) at any moment. The cgroup's pids
+        are read before ControlPID: a holder started before the read is known and spared, one
+        started after it is not in the list. Whatever forks in between, systemd's own stop
+        (KillSignal, then SIGKILL after TimeoutStopSec) catches."""
+        if not self.cgroup:
+            self.kill_unit(signal.SIGKILL)
+            return
+        pids = cgroupfs.procs(self.layout, self.cgroup) or []
+        holder = self.get_all(SERVICE_IFACE).get("ControlPID", 0)
+        self.kill_pids(pids, {holder})
 
     def finish(self) -> Usage:
         props = self.get_all(SERVICE_IFACE)
@@ -528,8 +570,10 @@ class ServiceJob(SystemdJob):
             self.release_cgroup()
             raise self.start_failure(code, status)
         self.cgroup = props.get("ControlGroup") or self.cgroup
-        if self.phase == "ended-early" and self.cgroup:
-            self.verify_limits()
+        if self.phase == "ended-early":  # it ran, briefly: systemd logs "Failed to start"
+            self.log.info(f"started {self.spec.description} (and it ended at once)")
+            if self.cgroup:
+                self.verify_limits()
         acct = cgroupfs.Accounting()
         if self.cgroup and self.sub_state == "stop-post":
             acct = cgroupfs.read_accounting(self.layout, self.cgroup)
@@ -621,17 +665,7 @@ class ScopeJob(SystemdJob):
                     if p != self.sentinel_pid]
             if not pids:
                 return
-            for pid in pids:
-                try:
-                    fd = os.pidfd_open(pid)
-                except OSError:
-                    continue
-                try:
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-                except OSError:
-                    pass
-                finally:
-                    os.close(fd)
+            self.kill_pids(pids, set())
             time.sleep(0.001)  # let the kernel finish the kills before rereading cgroup.procs
         self.log.warning("processes survived SIGKILL; accounting may be incomplete")
 

@@ -24,7 +24,9 @@ def test_systemctl_status_shows_job_and_limits(jobs):
 def test_journal_shows_the_lifecycle(jobs):
     assert jobs.run("--name", "78.0", "--", "sh", "-c", "exit 3").returncode == 3
     log = jobs.inside("journalctl", "--no-pager", "-u", "condor-job-78.0.service").stdout
-    for line in ("Started condor-job-78.0.service", "started HTCondor job 78.0",
+    # (a job this quick may end before systemd's start job completes: systemd then says
+    # "Failed to start" rather than "Started"; the lines below are there either way)
+    for line in ("Starting condor-job-78.0.service", "started HTCondor job 78.0",
                  "status=3", "finished: exit code 3"):
         assert line in log, f"{line!r} missing from:\n{log}"
 

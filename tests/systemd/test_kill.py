@@ -91,3 +91,18 @@ def test_sigint_and_sighup_are_forwarded(jobs):
         os.kill(wrapper_pid(proc), sig)
         assert proc.wait(timeout=60) == -sig
         assert jobs.processes("^sleep 4244") == []
+
+
+def test_escalation_never_loses_the_status(jobs):
+    """The stop-timeout SIGKILL and the killing of leftovers must spare the ExecStopPost holder,
+    whenever systemd reaches stop-post: once in about eight runs it did not (exit 125)."""
+    script = "trap '' TERM; sh -c \"trap '' TERM; sleep 4247\" & sleep 4247"
+    for _ in range(8):
+        path = jobs.usage_path()
+        proc = jobs.start("--stop-timeout", "0.2", "--usage-file", str(path), "--",
+                          "sh", "-c", script)
+        _wait_for(jobs, "sleep 4247", 2)
+        os.kill(wrapper_pid(proc), signal.SIGTERM)
+        assert proc.wait(timeout=60) in (-signal.SIGKILL, 128 + signal.SIGKILL)
+        assert path.exists()
+    assert jobs.processes("^sleep 4247") == []
