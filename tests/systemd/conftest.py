@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ class Jobs:
         self.sandbox = sandbox
         self.work = work
         self.count = 0
+        self.started: list[subprocess.Popen] = []
 
     def usage_path(self) -> Path:
         self.count += 1
@@ -64,7 +66,9 @@ class Jobs:
     def start(self, *args: str, **kw) -> subprocess.Popen:
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
-        return self.sandbox.popen([CSD, "run", *args], cwd=str(self.work), text=True, **kw)
+        proc = self.sandbox.popen([CSD, "run", *args], cwd=str(self.work), text=True, **kw)
+        self.started.append(proc)
+        return proc
 
     def inside(self, *argv: str) -> subprocess.CompletedProcess:
         return self.sandbox.run(list(argv), check=False, capture_output=True, text=True)
@@ -102,10 +106,18 @@ def jobs(sandbox):
     os.chmod(work, 0o755)
     j = Jobs(sandbox, work)
     yield j
-    shutil.rmtree(work, ignore_errors=True)
+    for proc in j.started:  # a test that failed half-way leaves its wrapper waiting
+        if proc.poll() is None:
+            os.kill(wrapper_pid(proc), signal.SIGKILL)
+            proc.wait()
     left = j.inside("systemctl", "list-units", "--all", "--plain", "--no-legend",
                     "condor-job-*").stdout.strip()
-    assert not left, f"units left behind: {left}"
     cgroups = j.inside("sh", "-c", "ls -d /sys/fs/cgroup/*/condor.slice/condor-job-* "
                                    "2>/dev/null").stdout.strip()
+    if left or cgroups:  # report it here, once, and clean up so that later tests are not hit
+        j.inside("systemctl", "kill", "--signal=SIGKILL", "condor-job-*")
+        j.inside("systemctl", "stop", "condor-job-*")
+        j.inside("systemctl", "reset-failed", "condor-job-*")
+    shutil.rmtree(work, ignore_errors=True)
+    assert not left, f"units left behind: {left}"
     assert not cgroups, f"cgroups left behind: {cgroups}"
