@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-from .conftest import wrapper_pid
+from .conftest import CSD, wrapper_pid
 
 
 def test_systemctl_status_shows_job_and_limits(jobs):
@@ -40,3 +40,14 @@ def test_log_file_gets_the_diagnostics_and_the_job_output_stays_clean(jobs):
     hybrid = jobs.inside("test", "-d", "/sys/fs/cgroup/unified").returncode == 0
     if hybrid:  # what is not enforced is said, in the log, not in the job's output
         assert "allowed_cpus: not enforced" in text
+
+
+def test_notices_reach_a_terminal_but_never_a_file(jobs):
+    """Interactive use (stderr is a tty) shows notices; under HTCondor (files) the same run
+    prints nothing of its own. The notice: an exported shell function, which systemd refuses."""
+    command = f"env 'BASH_FUNC_f%%=() {{ :; }}' {CSD} run -- true"
+    tty = jobs.inside("script", "-qec", command, "/dev/null")
+    assert tty.returncode == 0
+    assert "condor-systemd: environment variable 'BASH_FUNC_f%%' not passed" in tty.stdout
+    to_files = jobs.run("--", "true", env={"PATH": "/usr/bin:/bin", "BASH_FUNC_f%%": "() { :; }"})
+    assert (to_files.returncode, to_files.stdout, to_files.stderr) == (0, "", "")
