@@ -148,6 +148,7 @@ class SystemdJob:
         self.active_state = self.sub_state = ""
         self.cgroup: str | None = None
         self.created = False
+        self.removing = False
         self.removed = False
         self.leftovers_killed = False
         self.was_reset = False
@@ -281,7 +282,9 @@ class SystemdJob:
                 self.active_state = changed.get("ActiveState", ("s", self.active_state))[1]
                 self.sub_state = changed.get("SubState", ("s", self.sub_state))[1]
                 self.has_ended()  # decide now: the verdict must not be undone by a stale signal
-        elif member == "UnitRemoved" and msg.body[0] == self.unit:
+        elif member == "UnitRemoved" and msg.body[0] == self.unit and self.removing:
+            # Only once we asked for it: `systemctl status <name>` before the unit existed
+            # loads a stub of that name, whose garbage collection also says UnitRemoved.
             self.removed = True
 
     def on_job_removed(self, result: str) -> None:
@@ -387,6 +390,7 @@ class SystemdJob:
         """Stop the unit and wait until systemd has dropped it."""
         if not self.created or self.removed:
             return
+        self.removing = True
         try:
             self.conn.call_manager("StopUnit", "ss", (self.unit, "replace"))
         except BusError as exc:
@@ -589,7 +593,8 @@ class ServiceJob(SystemdJob):
 
     def release_cgroup(self) -> None:
         """End the ExecStopPost sleeper; the unit then goes inactive and is collected."""
-        if self.created and not self.removed:
+        if self.created:
+            self.removing = True
             try:
                 self.manager("KillUnit", "ssi", (self.unit, "control", signal.SIGKILL))
             except (BusError, CondorSystemdError):

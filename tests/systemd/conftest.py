@@ -114,10 +114,14 @@ def jobs(sandbox):
                     "condor-job-*").stdout.strip()
     cgroups = j.inside("sh", "-c", "ls -d /sys/fs/cgroup/*/condor.slice/condor-job-* "
                                    "2>/dev/null").stdout.strip()
+    journal = ""
     if left or cgroups:  # report it here, once, and clean up so that later tests are not hit
+        unit = (left or cgroups).split()[0].rsplit("/", 1)[-1]
+        journal = j.inside("journalctl", "--no-pager", "-o", "short-precise", "-u",
+                           unit).stdout[-4000:]
         j.inside("systemctl", "kill", "--signal=SIGKILL", "condor-job-*")
         j.inside("systemctl", "stop", "condor-job-*")
         j.inside("systemctl", "reset-failed", "condor-job-*")
     shutil.rmtree(work, ignore_errors=True)
-    assert not left, f"units left behind: {left}"
-    assert not cgroups, f"cgroups left behind: {cgroups}"
+    assert not left, f"units left behind: {left}\n{journal}"
+    assert not cgroups, f"cgroups left behind: {cgroups}\n{journal}"

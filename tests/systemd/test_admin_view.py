@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from .conftest import CSD, wrapper_pid
 
@@ -51,3 +52,22 @@ def test_notices_reach_a_terminal_but_never_a_file(jobs):
     assert "condor-systemd: environment variable 'BASH_FUNC_f%%' not passed" in tty.stdout
     to_files = jobs.run("--", "true", env={"PATH": "/usr/bin:/bin", "BASH_FUNC_f%%": "() { :; }"})
     assert (to_files.returncode, to_files.stdout, to_files.stderr) == (0, "", "")
+
+
+def test_admins_querying_the_name_do_not_confuse_the_wrapper(jobs):
+    """`systemctl is-active <name>` before the unit exists loads a stub of that name, whose
+    garbage collection broadcasts UnitRemoved for it: the wrapper must not take that for its
+    own unit's removal (it then left the unit in stop-post, or waited out its timeout)."""
+    hammer = jobs.sandbox.popen(["sh", "-c", "while :; do systemctl is-active "
+                                 "condor-job-hammer.service >/dev/null; done"])
+    try:
+        for _ in range(15):
+            start = time.monotonic()
+            assert jobs.run("--name", "hammer", "--", "true").returncode == 0
+            assert time.monotonic() - start < 3  # no waiting out the holder's TimeoutStopSec
+            left = jobs.inside("systemctl", "list-units", "--all", "--plain", "--no-legend",
+                               "condor-job-hammer.service").stdout.strip()
+            assert not left, left
+    finally:
+        os.kill(wrapper_pid(hammer), signal.SIGKILL)
+        hammer.wait()
