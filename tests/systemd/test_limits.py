@@ -88,6 +88,8 @@ def test_property_unknown_to_this_systemd_is_not_sent_and_recorded(jobs):
     assert proc.returncode == 0 and proc.stderr == ""
     if usage["systemd_version"] < 257:
         assert usage["enforced"]["PrivatePIDs"].startswith("not sent: systemd")
+    else:  # sent, and accepted (systemd would have refused the unit otherwise)
+        assert "PrivatePIDs" not in usage["enforced"]
 
 
 def test_property_option_sets_the_limit(jobs):
