@@ -28,6 +28,7 @@ from .spec import (
     parse_cpu_count,
     parse_cpu_list,
     parse_int,
+    parse_interval,
     parse_percent,
     parse_seconds,
     parse_size,
@@ -93,9 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="after SIGTERM/SIGINT, kill what is left after this long (default 20)")
     add("--usage-file", metavar="PATH", help="write the usage record here when the job ends")
     add("--usage-format", choices=("json", "classad"), default="json")
-    add("--backend", choices=BACKENDS, default="auto")
+    add("--backend", choices=BACKENDS, default="auto",
+        help="auto: systemd when usable here, else the psutil fallback")
+    add("--sample-interval", metavar="SECONDS", type=_typed(parse_interval), default=1.0,
+        help="psutil fallback: seconds between samples of the job's processes (default 1)")
     add("--log-file", metavar="PATH", help="also append diagnostics here")
     add("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    probe = verbs.add_parser("probe", help="say which backend run would use here, and why")
+    probe.add_argument("--backend", choices=BACKENDS, default="auto")
     return parser
 
 
@@ -144,6 +150,7 @@ def spec_from_args(args: argparse.Namespace, environ: dict[str, str]) -> JobSpec
                    environment=job_env, limits=Limits(**limits), sandbox=Sandbox(**sandbox),
                    slot=jobad.slot_from_env(environ), scope=args.scope, slice=args.slice,
                    user=args.uid, group=args.gid, stop_timeout=args.stop_timeout,
+                   sample_interval=args.sample_interval,
                    properties=tuple(extra))
 
 
@@ -218,11 +225,28 @@ def _die_by_signal(signum: int) -> int:
     return 128 + signum  # a signal that does not kill (e.g. SIGCHLD): report it shell-style
 
 
+def _probe(choice: str) -> int:
+    """Administrators' view of the backend choice: what run would use on this host, and why."""
+    from .backends import select
+
+    backend = select(choice)
+    print(f"backend: {backend.name}\nreason: {backend.reason}")
+    if backend.name == "systemd":
+        from .backends import cgroupfs
+
+        layout = cgroupfs.probe_layout()
+        print(f"systemd: {backend.version}\n"  # type: ignore[attr-defined]
+              f"cgroup: {layout.kind} ({' '.join(layout.controllers()) or 'no controllers'})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     environ = dict(os.environ)
     log = Log()
     try:
         args = build_parser().parse_args(argv)
+        if args.verb == "probe":
+            return _probe(args.backend)
         log = Log(log_file=args.log_file)
         spec = spec_from_args(args, environ)
         from .runner import run

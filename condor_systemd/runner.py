@@ -1,7 +1,8 @@
 """run(): launch a job through a backend, wait for it, forward signals, return its Usage.
 
 The wrapper sleeps in exactly one place, a poll() on the backend's fds and on the self-pipe that
-Python's signal machinery writes to (signal.set_wakeup_fd): no timers, no polling.
+Python's signal machinery writes to (signal.set_wakeup_fd). The systemd backend needs no timer
+(no polling); the fallback asks for one to sample the job's processes.
 """
 
 from __future__ import annotations
@@ -68,10 +69,11 @@ def run(spec: JobSpec, stdio: tuple[int, int, int] = (0, 1, 2), backend: str = "
                     poller = select.poll()
                     for fd in fds + [inbox.read_fd]:
                         poller.register(fd, select.POLLIN | select.POLLPRI)
-                timeout = None
+                waits = [job.timeout()]
                 if deadline is not None and not killed:
-                    timeout = max(0.0, deadline - time.monotonic()) * 1000
-                poller.poll(timeout)
+                    waits.append(max(0.0, deadline - time.monotonic()))
+                known = [w for w in waits if w is not None]
+                poller.poll(min(known) * 1000 if known else None)
                 for signum in inbox.drain():
                     if signum in FORWARDED:
                         job.send_signal(signum)

@@ -101,6 +101,14 @@ def parse_seconds(text: str) -> float:
     return value
 
 
+def parse_interval(text: str) -> float:
+    """A sampling interval in seconds: 0.05 to 3600."""
+    value = parse_seconds(text)
+    if not 0.05 <= value <= 3600:
+        raise UsageError(f"sampling interval '{text}' must be between 0.05 and 3600 seconds")
+    return value
+
+
 def format_cpu_list(cpus: tuple[int, ...]) -> str:
     out, start, prev = [], None, None
     for c in cpus:
@@ -177,6 +185,8 @@ class _JobSpecFields(NamedTuple):
     user: str | None = None
     group: str | None = None
     stop_timeout: float = 20.0
+    # Fallback backend only: seconds between samples of the process family (RSS, new members).
+    sample_interval: float = 1.0
     # Extra unit properties from -p NAME=VALUE, already validated against the property table.
     properties: tuple[tuple[str, str], ...] = ()
 

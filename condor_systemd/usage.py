@@ -3,6 +3,8 @@
 Unknown values are None (JSON null, ClassAd ``undefined``), never a made-up 0. ``enforced`` maps
 each limit and sandbox setting asked for to ``True`` (verified in force) or to a string saying
 why it is not (not sent, not supported by this cgroup layout, not read back as asked, ...).
+The fallback backend marks what it can only approximate with a string starting "approximate:".
+``accuracy`` says, per measured quantity, how it was measured and what that can miss.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import NamedTuple
 KEYS = ("unit", "backend", "job_id", "exit_code", "signal", "oom_killed", "wall_seconds",
         "cpu_user_seconds", "cpu_system_seconds", "memory_peak_bytes", "io_read_bytes",
         "io_write_bytes", "tasks_peak", "limits", "enforced", "cgroup_layout",
-        "cgroup_controllers", "systemd_version")
+        "cgroup_controllers", "systemd_version", "backend_reason", "accuracy")
 
 
 class Usage(NamedTuple):
@@ -34,6 +36,8 @@ class Usage(NamedTuple):
     cgroup_layout: str | None = None
     cgroup_controllers: list = []
     systemd_version: int | None = None
+    backend_reason: str | None = None
+    accuracy: dict = {}
 
     def to_json(self) -> str:
         import json

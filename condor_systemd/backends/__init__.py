@@ -5,7 +5,7 @@ loop shared by all backends::
 
     job = backend.start(spec, stdio, log)   # the job runs; raises LaunchError if it cannot
     while not job.poll():                    # poll() never blocks; True once the job has ended
-        select(job.fds() + [signal fd], ..., timeout)   # the only place the wrapper sleeps
+        select(job.fds() + [signal fd], ..., job.timeout())  # the only place the wrapper sleeps
         job.send_signal(sig) / job.kill()    # forwarded signals, stop-timeout escalation
     usage = job.finish()                      # kill what is left, read accounting, clean up
 
@@ -19,6 +19,7 @@ that ``--backend auto`` can say why it chose what it chose.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import BackendUnavailable, UsageError
@@ -36,6 +37,10 @@ class Job(Protocol):
 
     def fds(self) -> list[int]:
         """File descriptors that become readable when poll() has something to do."""
+
+    def timeout(self) -> float | None:
+        """Seconds until poll() must run even if no fd is readable; None: only on events.
+        The systemd backend never needs one; the fallback samples its process family."""
 
     def poll(self) -> bool:
         """Handle pending events without blocking; True once the job's main process ended."""
@@ -55,24 +60,60 @@ class Job(Protocol):
 
 class Backend(Protocol):
     name: str
+    reason: str  # why this backend was chosen: the usage record's backend_reason
 
     def start(self, spec: JobSpec, stdio: tuple[int, int, int], log: Log) -> Job:
         """Launch the job with these fds as its stdin/stdout/stderr."""
 
 
 def select(choice: str = "auto") -> Backend:
-    """The backend to use; raises BackendUnavailable naming why when there is none."""
+    """The backend to use; raises BackendUnavailable naming why when there is none.
+
+    auto takes systemd when it is really usable here: the init system of this PID namespace,
+    we may start system units (root), and it answers on D-Bus. Otherwise the psutil fallback,
+    which keeps the reason (the usage record's backend_reason; `condor-systemd probe`)."""
     if choice not in BACKENDS:
         raise UsageError(f"unknown backend '{choice}' (choose from {', '.join(BACKENDS)})")
     if choice == "psutil":
-        raise BackendUnavailable("the psutil fallback backend is not available in this version "
-                                 "(planned); use --backend systemd")
+        return _fallback("forced by --backend psutil")
     from .systemd import SystemdBackend
 
     try:
-        return SystemdBackend.connect()
-    except BackendUnavailable as exc:
         if choice == "auto":
-            raise BackendUnavailable(f"{exc}; the psutil fallback backend is not available in "
-                                     "this version (planned)") from None
-        raise
+            _check_systemd_usable()
+        backend = SystemdBackend.connect()
+    except BackendUnavailable as exc:
+        if choice == "systemd":
+            raise
+        try:
+            return _fallback(f"auto: {exc}")
+        except BackendUnavailable as fallback_exc:
+            raise BackendUnavailable(f"{exc}; and {fallback_exc}") from None
+    backend.reason = f"{'auto' if choice == 'auto' else 'forced by --backend systemd'}: " \
+                     f"{backend.reason}"
+    return backend
+
+
+def _check_systemd_usable() -> None:
+    if not os.path.isdir("/run/systemd/system"):
+        raise BackendUnavailable("systemd is not the init system here (no /run/systemd/system)")
+    try:
+        with open("/proc/1/comm") as f:
+            init = f.read().strip()
+    except OSError:
+        init = "unknown"
+    if init != "systemd":
+        raise BackendUnavailable(f"PID 1 of this PID namespace is {init!r}, not systemd")
+    if os.geteuid() != 0:
+        raise BackendUnavailable(f"uid {os.geteuid()} may not start system units "
+                                 "(only root may)")
+
+
+def _fallback(reason: str) -> Backend:
+    try:
+        from .fallback import FallbackBackend
+    except ImportError as exc:
+        raise BackendUnavailable(f"the psutil fallback backend needs {exc.name or 'psutil'}, "
+                                 "which is not installed (pip install "
+                                 "'condor-systemd[fallback]')") from None
+    return FallbackBackend(reason)

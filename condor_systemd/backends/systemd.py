@@ -40,7 +40,7 @@ from ..errors import (
 from ..log import Log
 from ..spec import JobSpec
 from ..usage import Usage
-from . import cgroupfs, properties
+from . import cgroupfs, child, properties
 from .bus import BusError, Connection
 
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
@@ -106,6 +106,7 @@ class SystemdBackend:
     def __init__(self, conn: Connection, version: int) -> None:
         self.conn = conn
         self.version = version
+        self.reason = f"systemd {version} answers on D-Bus"
 
     @classmethod
     def connect(cls) -> SystemdBackend:
@@ -136,6 +137,7 @@ class SystemdJob:
     def __init__(self, backend: SystemdBackend, spec: JobSpec, log: Log) -> None:
         self.conn = backend.conn
         self.version = backend.version
+        self.backend_reason = backend.reason
         self.spec = spec
         self.log = log
         self.unit: str | None = spec.unit_name
@@ -225,6 +227,9 @@ class SystemdJob:
                                  "UTF-8; systemd cannot pass them on") from None
 
     # -- events ------------------------------------------------------------------------------
+    def timeout(self) -> float | None:
+        return None  # everything arrives as a D-Bus signal: no polling
+
     def fds(self) -> list[int]:
         return [self.conn.fileno()]
 
@@ -469,7 +474,8 @@ class SystemdJob:
             io_write_bytes=acct.io_write_bytes, tasks_peak=acct.tasks_peak,
             limits={**self.spec.limits.asked(), **self.spec.sandbox.asked()},
             enforced=enforced, cgroup_layout=self.layout.kind,
-            cgroup_controllers=self.layout.controllers(), systemd_version=self.version)
+            cgroup_controllers=self.layout.controllers(), systemd_version=self.version,
+            backend_reason=self.backend_reason, accuracy=_accuracy(acct))
         outcome = f"exit code {exit_code}" if signum is None else f"signal {signum}"
         self.log.info(f"finished: {outcome}, cpu user {_fmt(acct.cpu_user_seconds)} s, "
                       f"system {_fmt(acct.cpu_system_seconds)} s, peak memory "
@@ -518,12 +524,9 @@ class ServiceJob(SystemdJob):
         sandbox, enc = self.spec.sandbox, properties.encode
         props = []
         if sandbox.private_tmp:
-            hidden = [what for what, path in (("working directory", self.spec.cwd),
-                                              ("command", self.spec.executable))
-                      if _under_tmp(path)]
-            if hidden:
-                self.enforced["private_tmp"] = (f"off: the {' and '.join(hidden)} "
-                                                "under /tmp or /var/tmp would be hidden by it")
+            conflict = child.private_tmp_conflict(self.spec.cwd, self.spec.executable)
+            if conflict:
+                self.enforced["private_tmp"] = conflict
             else:
                 props.append(enc("PrivateTmp", True))
         if sandbox.private_users:
@@ -629,7 +632,7 @@ class ScopeJob(SystemdJob):
             os.write(go_w, b"x")
             os.close(go_w)
             go_w = -1
-            failure = _read_all(err_r)
+            failure = child.read_all(err_r)
             if failure:
                 errno_ = int(failure)
                 if errno_ == 2:
@@ -721,21 +724,10 @@ def _fork_job(spec: JobSpec, stdio: tuple[int, int, int], go_r: int, err_w: int)
     if pid:
         return pid
     try:  # child: wait until the scope exists, then become the job
-        for target, fd in enumerate(stdio):
-            if fd != target:
-                os.dup2(fd, target, inheritable=True)
-        if spec.group:
-            os.setgid(_gid(spec.group))
-        if spec.user:
-            os.setgroups([])
-            os.setuid(_uid(spec.user))
+        child.dup_stdio(stdio)
+        child.set_identity(spec.user, spec.group)
         os.chdir(spec.cwd)
-        for s in range(1, signal.NSIG):
-            try:
-                signal.signal(s, signal.SIG_DFL)
-            except (OSError, ValueError):
-                pass
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        child.reset_signals()
         if not os.read(go_r, 1):
             os._exit(125)
         os.execve(spec.executable, list(spec.argv), dict(spec.environment))
@@ -756,25 +748,6 @@ def _fork_sentinel(hold_r: int) -> int:
         os.read(hold_r, 1)
     finally:
         os._exit(0)
-
-
-def _uid(user: str) -> int:
-    import pwd
-
-    return int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
-
-
-def _gid(group: str) -> int:
-    import grp
-
-    return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-
-
-def _read_all(fd: int) -> bytes:
-    data = b""
-    while chunk := os.read(fd, 64):
-        data += chunk
-    return data
 
 
 def _unknown_property(exc: BusError) -> str | None:
@@ -807,12 +780,6 @@ def _valid_env_value(value: str) -> bool:
     return all(c >= " " or c in "\t\n" for c in value) and "\x7f" not in value
 
 
-def _under_tmp(path: str) -> bool:
-    """Is path, as given or resolved, in /tmp or /var/tmp (which PrivateTmp replaces)?"""
-    paths = {os.path.abspath(path), os.path.realpath(path)}
-    return any(p == d or p.startswith(d + "/") for p in paths for d in ("/tmp", "/var/tmp"))
-
-
 def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -827,6 +794,14 @@ def _rlimit_properties() -> list:
         props.append(properties.encode(f"Limit{name}", hard if hard >= 0 else unlimited))
         props.append(properties.encode(f"Limit{name}Soft", soft if soft >= 0 else unlimited))
     return props
+
+
+def _accuracy(acct: cgroupfs.Accounting) -> dict[str, str]:
+    """Everything measured comes from the unit's cgroup: exact, whatever the job did."""
+    measured = {"cpu": acct.cpu_user_seconds, "memory_peak": acct.memory_peak_bytes,
+                "io": acct.io_read_bytes, "tasks_peak": acct.tasks_peak}
+    return {key: "exact: the unit's cgroup" if value is not None else "unknown on this layout"
+            for key, value in measured.items()}
 
 
 def _fmt(value: float | None) -> str:

@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from .conftest import CSD, wrapper_pid
+from tests.jobs import CSD
 
 
 def test_systemctl_status_shows_job_and_limits(jobs):
@@ -18,7 +18,7 @@ def test_systemctl_status_shows_job_and_limits(jobs):
     assert "HTCondor job 77.1: sleep 30" in status
     assert "limit: 33" in status and "max: 100.0M" in status
     assert jobs.inside("systemctl", "show", "-P", "Slice", unit).stdout.strip() == "condor.slice"
-    os.kill(wrapper_pid(proc), signal.SIGTERM)
+    os.kill(jobs.wrapper_pid(proc), signal.SIGTERM)
     proc.wait(timeout=30)
 
 
@@ -69,5 +69,5 @@ def test_admins_querying_the_name_do_not_confuse_the_wrapper(jobs):
                                "condor-job-hammer.service").stdout.strip()
             assert not left, left
     finally:
-        os.kill(wrapper_pid(hammer), signal.SIGKILL)
+        os.kill(jobs.wrapper_pid(hammer), signal.SIGKILL)
         hammer.wait()

@@ -6,8 +6,8 @@ import json
 import os
 import signal
 
-from .conftest import PY, wrapper_pid
-from .test_kill import ESCAPEES, wait_files
+from tests.behaviour.test_kill import ESCAPEES
+from tests.jobs import PY, wait_files
 
 
 def test_scope_exit_status_and_stdio(jobs):
@@ -33,7 +33,7 @@ def test_scope_forwards_sigterm(jobs):
     proc = jobs.start("--scope", "--", "sh", "-c",
                       f"trap 'exit 42' TERM; sleep 4245 & touch {ready}; wait")
     wait_files(ready)
-    os.kill(wrapper_pid(proc), signal.SIGTERM)
+    os.kill(jobs.wrapper_pid(proc), signal.SIGTERM)
     assert proc.wait(timeout=30) == 42
     assert jobs.processes("^sleep 4245") == []
 
@@ -52,7 +52,7 @@ def test_scope_stop_timeout_keeps_accounting(jobs):
     proc = jobs.start("--scope", "--stop-timeout", "1", "--usage-file", str(path), "--",
                       "sh", "-c", f"trap '' TERM; {PY} -c '{burn}'; touch {ready}; sleep 4246")
     wait_files(ready)
-    os.kill(wrapper_pid(proc), signal.SIGTERM)
+    os.kill(jobs.wrapper_pid(proc), signal.SIGTERM)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     usage = json.loads(path.read_text())
     assert usage["signal"] == signal.SIGKILL

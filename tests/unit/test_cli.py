@@ -139,37 +139,26 @@ def test_command_is_a_directory(tmp_path):
 # -- no backend: 125 -------------------------------------------------------------------------
 
 
-def test_psutil_backend_not_available(tmp_path):
-    error_file = tmp_path / "wrapper-error"
-    proc = cli("run", "--backend", "psutil", "--", "true",
-               _CONDOR_WRAPPER_ERROR_FILE=str(error_file))
-    line = _one_line_error(proc, 125)
-    assert "psutil fallback backend is not available" in line
-    assert "not available" in error_file.read_text()
-
-
+# (--backend auto falls back to psutil here: tests/fallback)
 @needs_no_systemd
-@pytest.mark.parametrize("backend", [["--backend", "systemd"], ["--backend", "auto"], []])
-def test_no_systemd_here(backend, tmp_path):
+def test_no_systemd_here(tmp_path):
     error_file = tmp_path / "wrapper-error"
-    proc = cli("run", *backend, "--memory", "1G", "--", "true",
+    proc = cli("run", "--backend", "systemd", "--memory", "1G", "--", "true",
                _CONDOR_WRAPPER_ERROR_FILE=str(error_file))
     line = _one_line_error(proc, 125)
     assert "systemd is not the init system" in line
     written = error_file.read_text()
     assert written == line + "\n"
-    if backend != ["--backend", "systemd"]:
-        assert "fallback" in line
 
 
 @needs_no_systemd
 def test_no_systemd_without_error_file():
-    _one_line_error(cli("run", "--", "true"), 125)
+    _one_line_error(cli("run", "--backend", "systemd", "--", "true"), 125)
 
 
 @needs_no_systemd
 def test_unwritable_error_file_is_not_fatal(tmp_path):
-    proc = cli("run", "--", "true",
+    proc = cli("run", "--backend", "systemd", "--", "true",
                _CONDOR_WRAPPER_ERROR_FILE=str(tmp_path / "no-such-dir" / "err"))
     _one_line_error(proc, 125)
 
@@ -177,7 +166,7 @@ def test_unwritable_error_file_is_not_fatal(tmp_path):
 @needs_no_systemd
 def test_log_file_gets_the_error(tmp_path):
     log = tmp_path / "log"
-    proc = cli("run", "--log-file", str(log), "--", "true")
+    proc = cli("run", "--backend", "systemd", "--log-file", str(log), "--", "true")
     line = _one_line_error(proc, 125)
     assert line.removeprefix("condor-systemd: ") in log.read_text()
 
@@ -253,3 +242,18 @@ def test_spec_local_job_id():
 def test_spec_infinity_property_overrides_option():
     spec = _spec("--memory", "2G", "-p", "MemoryMax=infinity", "--", "true")
     assert spec.limits.memory_max is None
+
+
+def test_io_weight_to_ionice_level():
+    from condor_systemd.backends.fallback import io_level
+
+    assert [io_level(w) for w in (1, 10, 50, 100, 200, 1000, 10000)] == [7, 6, 5, 4, 3, 2, 0]
+
+
+def test_read_stat_of_this_process():
+    from condor_systemd.backends.family import read_stat
+
+    stat = read_stat(os.getpid())
+    assert stat is not None and stat.ppid == os.getppid() and stat.state in "RS"
+    assert stat.threads >= 1 and stat.rss_bytes > 1 << 20
+    assert read_stat(2**22 + 1) is None  # beyond pid_max: no such process

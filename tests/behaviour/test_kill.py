@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from .conftest import wrapper_pid
+from tests.jobs import wait_files, wait_processes
 
 # A job with escapees of every classic kind; each sleep carries a marker in its argv.
 ESCAPEES = """
@@ -15,22 +15,6 @@ nohup sleep 4242.2 >/dev/null 2>&1 &
 sh -c 'sleep 4242.3 &' &
 (trap '' TERM HUP; exec sleep 4242.4) &
 """
-
-
-def _wait_for(jobs, pattern: str, count: int, timeout: float = 10) -> None:
-    """Wait for count processes whose command line starts with pattern."""
-    deadline = time.monotonic() + timeout
-    while len(jobs.processes("^" + pattern)) < count:
-        assert time.monotonic() < deadline, f"expected {count} of {pattern}"
-        time.sleep(0.02)
-
-
-def wait_files(*paths, timeout: float = 10) -> None:
-    """Jobs write these once their traps are set: signals sent earlier would be a test race."""
-    deadline = time.monotonic() + timeout
-    while not all(p.exists() for p in paths):
-        assert time.monotonic() < deadline, f"not all of {paths} appeared"
-        time.sleep(0.02)
 
 
 def test_escaped_processes_die_when_the_main_process_exits(jobs):
@@ -46,9 +30,9 @@ def test_sigterm_reaches_every_process_and_escapees_die(jobs):
               f"touch {marks}/child-ready; while :; do sleep 0.1; done\" &\n" + ESCAPEES +
               "while :; do sleep 0.1; done")
     proc = jobs.start("--", "sh", "-c", script)
-    _wait_for(jobs, "sleep 4242", 4)
+    wait_processes(jobs, "sleep 4242", 4)
     wait_files(marks / "child-ready")
-    os.kill(wrapper_pid(proc), signal.SIGTERM)
+    os.kill(jobs.wrapper_pid(proc), signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     assert (marks / "main-got-term").read_text() == "main\n"
     assert (marks / "child-got-term").read_text() == "child\n"
@@ -63,7 +47,7 @@ def test_usr1_is_forwarded_to_every_process(jobs):
               f"sh -c \"{worker}\" w2 & wait; wait; echo done")
     proc = jobs.start("--", "sh", "-c", script)
     wait_files(marks / "ready-w1", marks / "ready-w2")
-    os.kill(wrapper_pid(proc), signal.SIGUSR1)
+    os.kill(jobs.wrapper_pid(proc), signal.SIGUSR1)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and out.strip().endswith("done")
     assert sorted((marks / "usr1").read_text().split()) == ["main", "w1", "w2"]
@@ -72,9 +56,9 @@ def test_usr1_is_forwarded_to_every_process(jobs):
 def test_stop_timeout_kills_what_ignores_sigterm(jobs):
     script = "trap '' TERM; sh -c \"trap '' TERM; sleep 4243\" & sleep 4243"
     proc = jobs.start("--stop-timeout", "1", "--", "sh", "-c", script)
-    _wait_for(jobs, "sleep 4243", 2)
+    wait_processes(jobs, "sleep 4243", 2)
     start = time.monotonic()
-    os.kill(wrapper_pid(proc), signal.SIGTERM)
+    os.kill(jobs.wrapper_pid(proc), signal.SIGTERM)
     status = proc.wait(timeout=60)
     took = time.monotonic() - start
     # SIGKILL hits the shell and its foreground sleep together: the shell may reap the sleep
@@ -87,22 +71,23 @@ def test_stop_timeout_kills_what_ignores_sigterm(jobs):
 def test_sigint_and_sighup_are_forwarded(jobs):
     for sig in (signal.SIGINT, signal.SIGHUP):
         proc = jobs.start("--", "sleep", "4244")
-        _wait_for(jobs, "sleep 4244", 1)
-        os.kill(wrapper_pid(proc), sig)
+        wait_processes(jobs, "sleep 4244", 1)
+        os.kill(jobs.wrapper_pid(proc), sig)
         assert proc.wait(timeout=60) == -sig
         assert jobs.processes("^sleep 4244") == []
 
 
 def test_escalation_never_loses_the_status(jobs):
-    """The stop-timeout SIGKILL and the killing of leftovers must spare the ExecStopPost holder,
-    whenever systemd reaches stop-post: once in about eight runs it did not (exit 125)."""
+    """The stop-timeout SIGKILL and the killing of leftovers must spare the ExecStopPost holder
+    (systemd), and the main process's status must survive the kill of its family (psutil):
+    on systemd, once in about eight runs it did not (exit 125)."""
     script = "trap '' TERM; sh -c \"trap '' TERM; sleep 4247\" & sleep 4247"
     for _ in range(8):
         path = jobs.usage_path()
         proc = jobs.start("--stop-timeout", "0.2", "--usage-file", str(path), "--",
                           "sh", "-c", script)
-        _wait_for(jobs, "sleep 4247", 2)
-        os.kill(wrapper_pid(proc), signal.SIGTERM)
+        wait_processes(jobs, "sleep 4247", 2)
+        os.kill(jobs.wrapper_pid(proc), signal.SIGTERM)
         assert proc.wait(timeout=60) in (-signal.SIGKILL, 128 + signal.SIGKILL)
         assert path.exists()
     assert jobs.processes("^sleep 4247") == []

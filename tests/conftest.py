@@ -1,0 +1,53 @@
+"""Fixtures for the tests that run real jobs: `jobs` runs each behaviour test on both backends.
+
+The systemd side needs root and the sandbox; as non-root it skips with the reason, and CI
+(root) fails if it skipped. The psutil side runs on this host, where systemd is not PID 1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.harness.sandbox import Sandbox, raise_on_sigterm, unavailable_reason
+from tests.jobs import WORK_ROOT, HostJobs, Jobs, SandboxJobs
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"real-systemd tests need the sandbox: {reason}")
+    raise_on_sigterm()
+    with Sandbox() as sb:
+        yield sb
+
+
+def _work_dir() -> Path:
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="csd-test-", dir=WORK_ROOT))
+    os.chmod(work, 0o755)
+    return work
+
+
+def _jobs(backend: str, request: pytest.FixtureRequest):
+    work = _work_dir()
+    if backend == "systemd":
+        j: Jobs = SandboxJobs(request.getfixturevalue("sandbox"), work)
+    else:
+        j = HostJobs(work)
+    yield j
+    j.stop_started()
+    left = j.leftovers()
+    shutil.rmtree(work, ignore_errors=True)
+    assert not left, f"left behind: {left}"
+
+
+@pytest.fixture(params=["systemd", "psutil"])
+def jobs(request):
+    """A behaviour test, once per backend; jobs.expect says what differs."""
+    yield from _jobs(request.param, request)
