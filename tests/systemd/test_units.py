@@ -90,3 +90,20 @@ def _unit_of(jobs, wrapper: int) -> str:
     raise AssertionError("no unit appeared")
 
 
+
+
+def test_non_root_caller_falls_back_with_auto(jobs):
+    """systemd is PID 1 here, but a plain user may not start system units: --backend auto
+    takes the psutil fallback (which marks every process of the job with its token)."""
+    proc = jobs.sandbox.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                             CSD, "run", "--", "sh", "-c",
+                             'echo "${CONDOR_SYSTEMD_JOB_TOKEN:+marked}"; exit 3'],
+                            cwd=str(jobs.work), check=False, capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "marked\n", "")
+    probe = jobs.sandbox.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                              CSD, "probe"], check=False, capture_output=True, text=True)
+    assert probe.stdout.splitlines() == [
+        "backend: psutil", "reason: auto: uid 65534 may not start system units (only root may)"]
+    root = jobs.inside(CSD, "probe").stdout.splitlines()
+    assert root[0] == "backend: systemd" and root[1].startswith("reason: auto: systemd ")
+    assert root[2].startswith("systemd: ") and root[3].startswith("cgroup: ")
