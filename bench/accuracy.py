@@ -8,10 +8,11 @@ truth and prints it; the error is (reported - truth) / truth, and the table show
 
   short-lived CPU   150 `sh` loops, each its own process; truth: wait4() of the job itself
   allocation        one process touches 200 MiB; truth: its VmHWM
-  burst             two children hold 150 MiB each at once for 0.2 s; truth: the sum of
-                    their VmHWM (what was resident together)
+  burst             1.4 s in, two children hold 150 MiB each at once for 0.2 s; truth:
+                    the sum of their VmHWM (what was resident together)
   daemon CPU        a double-forked setsid daemon burns 0.5 s of CPU; truth: its own
-                    process_time() (the job around it adds a few ms)
+                    process_time() plus what the job's main process saw of itself and
+                    its waited children (wait4 never sees the daemon)
 
 Then the fallback's cost: the wrapper's own CPU while it tracks a job of 1,000 sleeping
 processes at the default sampling interval, over --cost-seconds, scaled to a minute.
@@ -56,6 +57,7 @@ print(int(hwm.split()[1]) * 1024)
 
 BURST = """
 import os, sys, time
+time.sleep(1.4)  # past the fallback's early samples: the burst falls between regular ones
 r, w = os.pipe()
 kids = []
 for _ in range(2):
@@ -89,7 +91,9 @@ if os.fork() == 0:
     os._exit(0)
 while not os.path.exists(done):
     time.sleep(0.05)
-print(open(done).read())
+import resource
+me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+print(float(open(done).read()) + me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime)
 """
 
 WORKLOADS = {
