@@ -12,6 +12,7 @@ import select
 import signal
 import time
 
+from .backends import STOPPING
 from .backends import select as select_backend
 from .log import Log
 from .spec import JobSpec
@@ -20,8 +21,6 @@ from .usage import Usage
 # Signals HTCondor (or an administrator) sends to the wrapper, meant for the whole job.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
-# After these, whatever is still running when --stop-timeout expires is killed.
-STOPPING = (signal.SIGTERM, signal.SIGINT)
 
 
 class _SignalInbox:

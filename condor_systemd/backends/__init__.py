@@ -20,6 +20,7 @@ that ``--backend auto`` can say why it chose what it chose.
 from __future__ import annotations
 
 import os
+import signal
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import BackendUnavailable, UsageError
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from ..usage import Usage
 
 BACKENDS = ("auto", "systemd", "psutil")
+# Forwarded signals that start a stop: whatever is left when --stop-timeout expires is killed,
+# and until then the job's processes get their grace, even once its main process has ended.
+STOPPING = (signal.SIGTERM, signal.SIGINT)
 
 
 class Job(Protocol):

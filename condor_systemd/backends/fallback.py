@@ -23,11 +23,12 @@ from ..errors import CommandNotExecutable, CommandNotFound, LaunchError
 from ..log import Log
 from ..spec import JobSpec, format_cpu_list
 from ..usage import Usage
-from . import child, linux
+from . import STOPPING, child, linux
 from .family import TOKEN_VARIABLE, Family
 
 NOT = "not enforced: "
 EARLY_SAMPLES = (0.02, 0.1, 0.3)  # seconds after the start, before the regular interval
+GRACE_CHECK = 0.1  # during a stop, how often we look whether the leftovers have ended
 
 
 class FallbackBackend:
@@ -70,6 +71,7 @@ class FamilyJob:
         self.pidfd = -1
         self.family: Family | None = None
         self.survivors: list[int] = []
+        self.stop_deadline: float | None = None
         self.was_subreaper = False
         self.started = self.ended = 0.0
         self.next_sample = 0.0
@@ -183,18 +185,27 @@ class FamilyJob:
         return [self.pidfd]
 
     def timeout(self) -> float | None:
-        return max(0.0, self.next_sample - time.monotonic())
+        wait = max(0.0, self.next_sample - time.monotonic())
+        return min(wait, GRACE_CHECK) if self.status is not None else wait
 
     def poll(self) -> bool:
+        assert self.family is not None
         self.reap_main()
         now = time.monotonic()
-        if self.status is None and now >= self.next_sample:
+        in_grace = self.status is not None and self.stop_deadline is not None
+        if (self.status is None or in_grace) and now >= self.next_sample:
             self.sample()
-            if self.early_samples:
+            if in_grace:
+                self.next_sample = now + GRACE_CHECK
+            elif self.early_samples:
                 self.next_sample = self.started + self.early_samples.pop(0)
             else:
                 self.next_sample = now + self.spec.sample_interval
-        return self.status is not None
+        if self.status is None:  # (sample() may just have reaped it: in_grace is stale here)
+            return False
+        # During a stop, what the main process left has the rest of the grace: the runner
+        # kills it at the deadline (kill()); otherwise finish() kills it at once.
+        return not (self.stop_deadline is not None and self.family.alive())
 
     def reap_main(self) -> None:
         if self.status is None:
@@ -227,6 +238,8 @@ class FamilyJob:
 
     def send_signal(self, signum: int) -> None:
         assert self.family is not None
+        if signum in STOPPING and self.stop_deadline is None:
+            self.stop_deadline = time.monotonic() + self.spec.stop_timeout
         self.family.signal_all(signum)
 
     def kill(self) -> None:

@@ -16,7 +16,9 @@ files per process per sample.
 
 What sampling cannot see: a process that starts and ends within one sampling interval and is
 found neither by parentage nor at exit (its CPU still counts through RUSAGE_CHILDREN when it
-is a descendant); RSS between samples; an escaped process's CPU after its last sample.
+is a descendant); RSS between samples; an escaped process's CPU after its last sample; a
+stranger's pid recycled by a process of the job within one interval (it passes for a stranger
+until a kill, which looks at every process afresh).
 """
 
 from __future__ import annotations
@@ -102,13 +104,12 @@ class Family:
                 if stat is not None:
                     unknown[pid] = stat
         self._adopt_by_parentage(unknown)
-        for pid, stat in list(unknown.items()):
+        while unknown:  # the rest: ours only by the token (adopting one may adopt its children)
+            pid, stat = unknown.popitem()
             if stat.start_ticks < self.root_start or not self._carries_token(pid):
                 self.strangers.add(pid)
-                del unknown[pid]
             else:
                 self._add(pid, stat, escaped=True)
-                del unknown[pid]
                 self._adopt_by_parentage(unknown)
 
     def _adopt_by_parentage(self, unknown: dict[int, Stat]) -> None:
@@ -180,6 +181,7 @@ class Family:
         Members are first stopped (SIGSTOP) until a scan finds no new one, so that a job
         forking as fast as we kill cannot outrun us; then all are killed at once."""
         deadline = time.monotonic() + timeout
+        self.strangers.clear()  # judge every process afresh: a stranger's pid may be recycled
         while True:
             for _ in range(50):
                 self.scan()

@@ -40,7 +40,7 @@ from ..errors import (
 from ..log import Log
 from ..spec import JobSpec
 from ..usage import Usage
-from . import cgroupfs, child, properties
+from . import STOPPING, cgroupfs, child, properties
 from .bus import BusError, Connection
 
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
@@ -153,6 +153,7 @@ class SystemdJob:
         self.removing = False
         self.removed = False
         self.leftovers_killed = False
+        self.stopping = False  # a forwarded SIGTERM/SIGINT: leftovers get the stop's grace
         self.was_reset = False
         self.launched_at = time.monotonic()
         self.ended_at: float | None = None
@@ -352,6 +353,7 @@ class SystemdJob:
         if self.phase == "ended":
             return  # nothing of the job runs any more; only our cgroup holder would get it
         self.log.info(f"forwarding {signal.Signals(signum).name} to every process of the job")
+        self.stopping = self.stopping or signum in STOPPING
         self.kill_unit(signum)
 
     def kill(self) -> None:
@@ -542,9 +544,11 @@ class ServiceJob(SystemdJob):
         return props
 
     def main_has_ended(self) -> bool:
-        if self.sub_state in ("stop-sigterm", "stop-sigkill") and not self.leftovers_killed:
+        if self.sub_state in ("stop-sigterm", "stop-sigkill") and not self.leftovers_killed \
+                and not self.stopping:
             # The main process is gone, so the job is over: as under HTCondor, what it left
-            # behind dies at once (the stop timeout's grace is for a job whose main still runs).
+            # behind dies at once. During a stop, it has the rest of the grace instead: systemd
+            # sends it SIGTERM, and the runner's stop-timeout kill() ends what is still there.
             self.leftovers_killed = True
             self.log.info("main process ended: killing the processes it left behind")
             self.kill_all_but_holder()

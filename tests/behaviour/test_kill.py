@@ -24,19 +24,24 @@ def test_escaped_processes_die_when_the_main_process_exits(jobs):
 
 
 def test_sigterm_reaches_every_process_and_escapees_die(jobs):
+    """The main process exits at once on SIGTERM; a child takes 0.5 s to clean up, and gets
+    that time (the stop's grace); an escapee that ignores SIGTERM dies at --stop-timeout."""
     marks = jobs.work
     script = (f"trap 'echo main > {marks}/main-got-term; exit 143' TERM\n"
-              f"sh -c \"trap 'echo child > {marks}/child-got-term; exit 0' TERM; "
+              f"sh -c \"trap 'sleep 0.5; echo child > {marks}/child-got-term; exit 0' TERM; "
               f"touch {marks}/child-ready; while :; do sleep 0.1; done\" &\n" + ESCAPEES +
               "while :; do sleep 0.1; done")
-    proc = jobs.start("--", "sh", "-c", script)
+    proc = jobs.start("--stop-timeout", "3", "--", "sh", "-c", script)
     wait_processes(jobs, "sleep 4242", 4)
     wait_files(marks / "child-ready")
+    start = time.monotonic()
     os.kill(jobs.wrapper_pid(proc), signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
+    took = time.monotonic() - start
     assert (marks / "main-got-term").read_text() == "main\n"
     assert (marks / "child-got-term").read_text() == "child\n"
     assert jobs.processes("^sleep 4242") == []
+    assert 2.5 <= took < 8, f"stopped after {took:.2f} s with --stop-timeout 3"
 
 
 def test_usr1_is_forwarded_to_every_process(jobs):

@@ -46,13 +46,16 @@ def test_a_process_outside_the_tree_is_found_by_its_token_and_killed(jobs):
     time.sleep(0.2)
     env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
     assert TOKEN_VARIABLE in env
-    burn = ("import time\nend = time.process_time() + 1.0\n"
+    burn = ("import subprocess, time\nsubprocess.Popen(['sleep', '4251'])\n"
+            "end = time.process_time() + 1.0\n"
             "while time.process_time() < end: pass\ntime.sleep(4251)")
+    # it has a child: both carry the token, and the child is also found by parentage
     outside = subprocess.Popen([PY, "-c", burn], env=env, start_new_session=True)
     try:
         ready.touch()
         assert proc.wait(timeout=30) == 0
         assert outside.wait(timeout=10) == -signal.SIGKILL  # killed with the job
+        assert jobs.processes("^sleep 4251") == []  # and its child
     finally:
         if outside.poll() is None:
             outside.kill()
