@@ -224,8 +224,9 @@ def _system_bus_path() -> str:
 
 def _authenticate(sock: socket.socket) -> None:
     """SASL EXTERNAL with unix-fd negotiation; the kernel vouches for our uid (SO_PEERCRED)."""
-    auth = Authenticator(enable_fds=True, inc_null_byte=False)
-    sock.sendall(b"\0")
+    # the first line starts with the protocol's NUL byte (jeepney 0.8, Debian 12's, always
+    # sends it; 0.9 does by default)
+    auth = Authenticator(enable_fds=True)
     try:
         for line in auth:
             sock.sendall(line)

@@ -35,6 +35,11 @@ def _bool(text: str) -> bool:
     raise UsageError(f"'{text}' is not a boolean (yes/no)")
 
 
+def _yes_no(text: str) -> str:
+    """Booleans systemd carries as strings, to grow more values later (PrivatePIDs in 257)."""
+    return "yes" if _bool(text) else "no"
+
+
 def _size_or_infinity(text: str) -> int:
     return UINT64_MAX if text.strip() == "infinity" else parse_size(text)
 
@@ -134,7 +139,7 @@ TABLE: dict[str, Prop] = {
     "PrivateUsers": Prop("PrivateUsers", "b", _bool, 232, services_only=True),
     "PrivateDevices": Prop("PrivateDevices", "b", _bool, 209, services_only=True),
     "PrivateNetwork": Prop("PrivateNetwork", "b", _bool, 209, services_only=True),
-    "PrivatePIDs": Prop("PrivatePIDs", "b", _bool, 257, services_only=True),
+    "PrivatePIDs": Prop("PrivatePIDs", "s", _yes_no, 257, services_only=True),
     "ProtectSystem": Prop("ProtectSystem", "s", _choice("no", "yes", "full", "strict"), 232,
                           services_only=True),
     "ProtectHome": Prop("ProtectHome", "s", _choice("no", "yes", "read-only", "tmpfs"), 232,

@@ -152,6 +152,8 @@ def test_every_parsed_entry_is_reachable():
         ("PrivateTmp", "Yes", ("PrivateTmp", ("b", True))),
         ("NoNewPrivileges", "on", ("NoNewPrivileges", ("b", True))),
         ("CPUAccounting", "0", ("CPUAccounting", ("b", False))),
+        ("PrivatePIDs", "true", ("PrivatePIDs", ("s", "yes"))),  # a string on D-Bus (257)
+        ("PrivatePIDs", "off", ("PrivatePIDs", ("s", "no"))),
         ("Nice", "-5", ("Nice", ("i", -5))),
         ("ProtectHome", "read-only", ("ProtectHome", ("s", "read-only"))),
         ("ReadWritePaths", " /a  /b ", ("ReadWritePaths", ("as", ["/a", "/b"]))),
