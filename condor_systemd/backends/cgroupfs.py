@@ -126,6 +126,11 @@ class Accounting(NamedTuple):
     tasks_peak: int | None = None
 
 
+# where read_accounting takes the peak from, by layout kind (the record says it)
+PEAK_FILES = {"unified": "memory.peak", "hybrid": "memory.max_usage_in_bytes",
+              "legacy": "memory.max_usage_in_bytes", "none": "nothing"}
+
+
 def read_accounting(layout: Layout, cgroup: str) -> Accounting:
     v2 = layout.v2_dir(cgroup)
     user = system = None

@@ -458,7 +458,14 @@ class SystemdJob:
                            f"see journalctl -u {self.unit}")
 
     def make_usage(self, code: int, status: int, acct: cgroupfs.Accounting,
-                   wall: float | None, result: str = "") -> Usage:
+                   wall: float | None, result: str = "",
+                   memory_peak_property: int | None = None) -> Usage:
+        peak_source = cgroupfs.PEAK_FILES[self.layout.kind]
+        if memory_peak_property not in (None, properties.UINT64_MAX):
+            # systemd >= 256 exports the unit's memory.peak itself: the same kernel counter,
+            # read by the manager that owns the cgroup
+            acct = acct._replace(memory_peak_bytes=memory_peak_property)
+            peak_source = "systemd's MemoryPeak property"
         exit_code = status if code == CLD_EXITED else None
         signum = status if code in (CLD_KILLED, CLD_DUMPED) else None
         oom = None if acct.oom_kills is None else acct.oom_kills > 0
@@ -477,7 +484,8 @@ class SystemdJob:
             limits={**self.spec.limits.asked(), **self.spec.sandbox.asked()},
             enforced=enforced, cgroup_layout=self.layout.kind,
             cgroup_controllers=self.layout.controllers(), systemd_version=self.version,
-            backend_reason=self.backend_reason, accuracy=_accuracy(acct))
+            backend_reason=self.backend_reason,
+            accuracy=_accuracy(acct, self.layout.kind, peak_source))
         outcome = f"exit code {exit_code}" if signum is None else f"signal {signum}"
         self.log.info(f"finished: {outcome}, cpu user {_fmt(acct.cpu_user_seconds)} s, "
                       f"system {_fmt(acct.cpu_system_seconds)} s, peak memory "
@@ -594,7 +602,8 @@ class ServiceJob(SystemdJob):
         started = props.get("ExecMainStartTimestampMonotonic", 0)
         exited = props.get("ExecMainExitTimestampMonotonic", 0)
         wall = (exited - started) / 1e6 if started and exited >= started else None
-        usage = self.make_usage(code, status, acct, wall, props.get("Result", ""))
+        usage = self.make_usage(code, status, acct, wall, props.get("Result", ""),
+                                props.get("MemoryPeak") if acct.memory_peak_bytes else None)
         self.release_cgroup()
         return usage
 
@@ -800,12 +809,14 @@ def _rlimit_properties() -> list:
     return props
 
 
-def _accuracy(acct: cgroupfs.Accounting) -> dict[str, str]:
+def _accuracy(acct: cgroupfs.Accounting, layout: str, peak_source: str) -> dict[str, str]:
     """Everything measured comes from the unit's cgroup: exact, whatever the job did."""
+    sources = {"cpu": "cpu.stat" if layout == "unified" else "cpu.stat or cpuacct.stat",
+               "memory_peak": peak_source, "io": "io.stat", "tasks_peak": "pids.peak"}
     measured = {"cpu": acct.cpu_user_seconds, "memory_peak": acct.memory_peak_bytes,
                 "io": acct.io_read_bytes, "tasks_peak": acct.tasks_peak}
-    return {key: "exact: the unit's cgroup" if value is not None else "unknown on this layout"
-            for key, value in measured.items()}
+    return {key: f"exact: the unit's cgroup ({sources[key]})" if value is not None
+            else "unknown on this layout" for key, value in measured.items()}
 
 
 def _fmt(value: float | None) -> str:
