@@ -2,6 +2,9 @@
 
 The systemd side needs root and the sandbox; as non-root it skips with the reason, and CI
 (root) fails if it skipped. The psutil side runs on this host, where systemd is not PID 1.
+
+On the VM tier (tests/vm/run sets CONDOR_SYSTEMD_TEST_SYSTEMD=pid1) the systemd side uses the
+guest's own systemd, and only that side runs: the fallback is proven on this host.
 """
 
 from __future__ import annotations
@@ -13,12 +16,22 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import system
 from tests.harness.sandbox import Sandbox, raise_on_sigterm, unavailable_reason
-from tests.jobs import WORK_ROOT, HostJobs, Jobs, SandboxJobs
+from tests.jobs import WORK_ROOT, HostJobs, Jobs, SystemdJobs
+
+BACKENDS = ["systemd"] if system.wanted() else ["systemd", "psutil"]
 
 
 @pytest.fixture(scope="session")
 def sandbox():
+    """The systemd the tests run jobs on: a throw-away one in namespaces, or the VM's PID 1."""
+    if system.wanted():
+        reason = system.unavailable_reason()
+        if reason:
+            pytest.fail(reason)
+        yield system.RunningSystemd()
+        return
     reason = unavailable_reason()
     if reason:
         pytest.skip(f"real-systemd tests need the sandbox: {reason}")
@@ -37,7 +50,7 @@ def _work_dir() -> Path:
 def _jobs(backend: str, request: pytest.FixtureRequest):
     work = _work_dir()
     if backend == "systemd":
-        j: Jobs = SandboxJobs(request.getfixturevalue("sandbox"), work)
+        j: Jobs = SystemdJobs(request.getfixturevalue("sandbox"), work)
     else:
         j = HostJobs(work)
     yield j
@@ -47,7 +60,7 @@ def _jobs(backend: str, request: pytest.FixtureRequest):
     assert not left, f"left behind: {left}"
 
 
-@pytest.fixture(params=["systemd", "psutil"])
+@pytest.fixture(params=BACKENDS)
 def jobs(request):
     """A behaviour test, once per backend; jobs.expect says what differs."""
     yield from _jobs(request.param, request)

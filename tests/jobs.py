@@ -1,6 +1,7 @@
 """Running condor-systemd from tests, on either backend, and what each backend is expected to do.
 
-* systemd: the wrapper runs inside the sandboxed systemd (tests/harness/sandbox.py);
+* systemd: the wrapper runs inside the sandboxed systemd (tests/harness/sandbox.py), or, on the
+  VM tier, on the guest's own systemd (tests/harness/system.py);
 * psutil: the wrapper runs on this host, where systemd is not PID 1, with --backend psutil.
 
 Files the job and the test both see live under /var/lib/csd-tests: the sandbox has its own /tmp,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +23,10 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+# The venv's console script; in a VM tier guest (no venv) the launcher the image installs.
 CSD = str(Path(sys.executable).parent / "condor-systemd")
+if not os.path.exists(CSD):
+    CSD = shutil.which("condor-systemd") or CSD
 # Python for the jobs themselves: the real interpreter, not the venv's symlink, which may sit
 # under /tmp (a CI checkout) where the job's private /tmp would hide it.
 PY = os.path.realpath(sys.executable)
@@ -134,10 +139,12 @@ class Jobs:
                 proc.wait()
 
 
-class SandboxJobs(Jobs):
+class SystemdJobs(Jobs):
+    """Jobs on a real systemd: the namespace sandbox, or a VM tier guest's PID 1."""
+
     backend = "systemd"
 
-    def __init__(self, sandbox, work: Path) -> None:  # noqa: ANN001 - tests.harness.Sandbox
+    def __init__(self, sandbox, work: Path) -> None:  # noqa: ANN001 - Sandbox/RunningSystemd
         super().__init__(work)
         self.sandbox = sandbox
 
@@ -145,17 +152,7 @@ class SandboxJobs(Jobs):
         return self.sandbox.command(argv, cwd)
 
     def wrapper_pid(self, proc: subprocess.Popen, timeout: float = 10) -> int:
-        """nsenter forks the wrapper: signals meant for the wrapper go to that child."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-            except OSError:
-                kids = []
-            if kids:
-                return int(kids[0])
-            time.sleep(0.01)
-        raise AssertionError("the wrapper did not start")
+        return self.sandbox.wrapper_pid(proc, timeout)
 
     def wait_active(self, unit: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

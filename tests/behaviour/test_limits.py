@@ -43,8 +43,10 @@ def test_cpu_quota_throttles(jobs):
     assert proc.returncode == 0
     cpu = usage["cpu_user_seconds"] + usage["cpu_system_seconds"]
     if jobs.expect.cpu_quota:
-        # 2 s of wall time at 25 % of one CPU is 0.5 s of CPU (unthrottled it would be ~2 s)
-        assert 0.35 <= cpu <= 0.65, f"{cpu:.3f} CPU seconds"
+        # at most 25 % of one CPU over the job's whole life (interpreter start-up included: it
+        # is slow under the VM tier's emulation); the 2 s loop alone is ~0.5 s of CPU
+        wall = usage["wall_seconds"]
+        assert 0.35 <= cpu <= 0.25 * wall * 1.15 + 0.05, f"{cpu:.3f} CPU s in {wall:.3f} s"
         assert usage["enforced"]["cpu_quota_percent"] is True
     else:  # not throttled, and the record says so rather than claiming it
         assert cpu >= 1.5, f"{cpu:.3f} CPU seconds"

@@ -178,6 +178,20 @@ class Sandbox:
         kw.setdefault("check", True)
         return subprocess.run(self.command(argv, cwd), **kw)
 
+    def wrapper_pid(self, proc: subprocess.Popen, timeout: float = 10) -> int:
+        """The process proc started inside: nsenter forks it, so signals go to that child."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                    kids = f.read().split()
+            except OSError:
+                kids = []
+            if kids:
+                return int(kids[0])
+            time.sleep(0.01)
+        raise SandboxError("the command did not start inside the sandbox")
+
     def popen(self, argv: list[str], cwd: str | None = None, **kw) -> subprocess.Popen:
         return subprocess.Popen(self.command(argv, cwd), **kw)
 

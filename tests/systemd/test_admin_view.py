@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -16,7 +17,8 @@ def test_systemctl_status_shows_job_and_limits(jobs):
     jobs.wait_active(unit)
     status = jobs.inside("systemctl", "status", "--no-pager", unit).stdout
     assert "HTCondor job 77.1: sleep 30" in status
-    assert "limit: 33" in status and "max: 100.0M" in status
+    assert "limit: 33" in status
+    assert re.search(r"max: 100(\.0)?M", status), status  # 252 prints 100.0M, 257 100M
     assert jobs.inside("systemctl", "show", "-P", "Slice", unit).stdout.strip() == "condor.slice"
     os.kill(jobs.wrapper_pid(proc), signal.SIGTERM)
     proc.wait(timeout=30)
