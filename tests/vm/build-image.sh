@@ -43,9 +43,10 @@ mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
 ln -sf ../csd-vm-guest.service "$root/etc/systemd/system/multi-user.target.wants/csd-vm-guest.service"
 
 stage "small initrd"
-# Only what finds and mounts the root disk; the kernel loads the rest (9p) from it later.
+# Only what finds and mounts the root disk, and the 9p transport: loaded this early, the host's
+# shares exist before csd-vm-guest runs (udev would load it late, racing with the mount).
 sed -i 's/^MODULES=.*/MODULES=list/' "$root/etc/initramfs-tools/initramfs.conf"
-printf '%s\n' virtio_pci virtio_blk ext4 > "$root/etc/initramfs-tools/modules"
+printf '%s\n' virtio_pci virtio_blk ext4 9p 9pnet_virtio > "$root/etc/initramfs-tools/modules"
 mount -t proc proc "$root/proc"
 chroot "$root" update-initramfs -u -k all > "$out/initramfs.log" 2>&1 \
   || { tail -n 30 "$out/initramfs.log" >&2; exit 1; }

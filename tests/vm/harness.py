@@ -115,6 +115,7 @@ class Guest(NamedTuple):
     boot_timeout: float = 300
     kvm_boot_timeout: float = 60  # a KVM guest that is not up by then is not going to be
     shutdown_timeout: float = 60
+    kernel_args: tuple[str, ...] = ()
 
 
 ACCELERATORS = {
@@ -151,13 +152,14 @@ def _kvm_verdict_file() -> Path:
 
 
 def qemu_command(img: Image, run_dir: Path, guest: Guest, accel: str) -> list[str]:
+    kernel_args = " ".join([KERNEL_ARGS, *guest.kernel_args])
     return [
         "qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
         "-no-reboot",  # panic=-1 reboots: make that an exit
         *ACCELERATORS[accel],
         "-smp", str(guest.cpus), "-m", str(guest.memory_mib),
         "-kernel", str(img.directory / "vmlinuz"), "-initrd", str(img.directory / "initrd.img"),
-        "-append", KERNEL_ARGS,
+        "-append", kernel_args,
         "-drive", f"file={img.disk},format=raw,if=virtio,snapshot=on",
         "-nic", "none", "-device", "virtio-rng-pci",
         "-serial", f"file:{run_dir / 'serial.log'}",
@@ -184,7 +186,8 @@ class Run:
                  guest: Guest, accels: list[str]) -> None:
         self.img, self.guest, self.accels = img, guest, accels
         self.accel = accels[0]
-        self.dir = Path(tempfile.mkdtemp(prefix="csd-vm-"))
+        _sweep_stale_run_dirs()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"csd-vm-{os.getpid()}-"))
         (self.dir / "argv").write_bytes(b"".join(a.encode() + b"\0" for a in argv))
         (self.dir / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         (self.dir / "cwd").write_text(cwd)
@@ -312,6 +315,14 @@ class Run:
             return None
 
 
+def _sweep_stale_run_dirs() -> None:
+    """Run directories of harnesses that were SIGKILLed (their qemu died with them)."""
+    for stale in Path(tempfile.gettempdir()).glob("csd-vm-*-*"):
+        pid = stale.name.split("-")[2]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def _copy_new(path: Path, offset: int, out) -> int:  # noqa: ANN001
     try:
         with open(path, "rb") as f:
@@ -374,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                         help="auto (default): KVM only if a guest has booted with it on this "
                              "host, else TCG emulation")
+    parser.add_argument("--kernel-arg", action="append", default=[], metavar="ARG",
+                        help="add ARG to the guest kernel's command line (repeatable), e.g. "
+                             "systemd.log_level=debug")
     parser.add_argument("--image-only", action="store_true",
                         help="build (or find) the image and exit; no CMD")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
@@ -397,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         cwd = os.getcwd()
         if not cwd.startswith(str(CHECKOUT)):
             cwd = str(CHECKOUT)
-        with Run(img, command, cwd, guest_env(args.release), Guest(),
+        with Run(img, command, cwd, guest_env(args.release),
+                 Guest(kernel_args=tuple(args.kernel_arg)),
                  accelerators(args.accel)) as run:
             status = run.execute(args.timeout)
             times = ", ".join(f"{k} {v:.1f} s" for k, v in run.times.items())
