@@ -602,8 +602,8 @@ class ServiceJob(SystemdJob):
         started = props.get("ExecMainStartTimestampMonotonic", 0)
         exited = props.get("ExecMainExitTimestampMonotonic", 0)
         wall = (exited - started) / 1e6 if started and exited >= started else None
-        usage = self.make_usage(code, status, acct, wall, props.get("Result", ""),
-                                props.get("MemoryPeak") if acct.memory_peak_bytes else None)
+        peak = props.get("MemoryPeak") if acct.memory_peak_bytes is not None else None
+        usage = self.make_usage(code, status, acct, wall, props.get("Result", ""), peak)
         self.release_cgroup()
         return usage
 

@@ -17,6 +17,8 @@ SYSTEMD = "[    4.1] systemd[1]: systemd 252.38-1~deb12u1 running in system mode
     (KERNEL + INIT + "Gave up waiting for root file system device.\n",
      "initrd (finding or mounting the root disk)"),
     (KERNEL + INIT + SYSTEMD, "systemd boot (csd-vm-guest.service never started)"),
+    (KERNEL + INIT + SYSTEMD + "csd-vm-guest: cannot mount the run share\n",
+     "csd-vm-guest (the run directory's 9p share did not mount)"),
 ])
 def test_boot_stage_is_read_off_the_serial_console(serial, stage):
     assert harness.boot_stage(serial) == stage

@@ -176,6 +176,8 @@ def boot_stage(serial: str) -> str:
         return "kernel"
     if not re.search(r"Welcome to|systemd\[1\]", serial):
         return "initrd (finding or mounting the root disk)"
+    if "csd-vm-guest: cannot mount the run share" in serial:
+        return "csd-vm-guest (the run directory's 9p share did not mount)"
     return "systemd boot (csd-vm-guest.service never started)"
 
 
