@@ -6,13 +6,16 @@ Each workload runs `--rounds` times on each backend: systemd inside the test san
 252 as PID 1 of fresh namespaces), psutil on this host. Every workload measures its own ground
 truth and prints it; the error is (reported - truth) / truth, and the table shows the median.
 
-  short-lived CPU   150 `sh` loops, each its own process; truth: wait4() of the job itself
-  allocation        one process touches 200 MiB; truth: its VmHWM
+The workloads and their truths are tests/workloads.py's (the behaviour tests bound the record
+against the same ones); every truth comes from the job itself, not from what a backend reads:
+each process's own getrusage(RUSAGE_SELF) or CPU clock, or an allocation of a known size.
+
+  CPU user/system   10 short-lived children burning user or system CPU, 0.15 s each
+  allocation        one process touches 200 MiB; truth: its RSS before, plus 200 MiB
   burst             1.4 s in, two children hold 150 MiB each at once for 0.2 s; truth:
-                    the sum of their VmHWM (what was resident together)
+                    the parent's RSS plus 2 x 150 MiB (what was resident together)
   daemon CPU        a double-forked setsid daemon burns 0.5 s of CPU; truth: its own
-                    process_time() plus what the job's main process saw of itself and
-                    its waited children (wait4 never sees the daemon)
+                    CPU clock plus what the job's main process saw of itself
 
 Then the fallback's cost: the wrapper's own CPU while it tracks a job of 1,000 sleeping
 processes at the default sampling interval, over --cost-seconds, scaled to a minute.
@@ -32,86 +35,42 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests import workloads  # noqa: E402
 from tests.harness.sandbox import Sandbox  # noqa: E402
 
 CSD = str(Path(sys.executable).parent / "condor-systemd")
 PY = os.path.realpath(sys.executable)
 WORK_ROOT = Path("/var/lib/csd-tests")
 
-SHORT_LIVED = """
-import resource, subprocess, sys
-burn = "i=0; while [ $i -lt 4000 ]; do i=$((i+1)); done"
-for _ in range(150):
-    subprocess.run(["sh", "-c", burn], check=True)
-me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-print(me.ru_utime + kids.ru_utime + me.ru_stime + kids.ru_stime)
-"""
-
-ALLOCATION = """
-block = bytearray(200 << 20)
-for i in range(0, len(block), 4096):
-    block[i] = 1
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
-print(int(hwm.split()[1]) * 1024)
-"""
-
-BURST = """
-import os, sys, time
-time.sleep(1.4)  # past the fallback's early samples: the burst falls between regular ones
-r, w = os.pipe()
-kids = []
-for _ in range(2):
-    pid = os.fork()
-    if pid == 0:
-        block = bytearray(150 << 20)
-        for i in range(0, len(block), 4096):
-            block[i] = 1
-        hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
-        os.write(w, (hwm.split()[1] + "\\n").encode())
-        time.sleep(0.2)
-        os._exit(0)
-    kids.append(pid)
-for pid in kids:
-    os.waitpid(pid, 0)
-os.close(w)
-print(sum(int(x) for x in os.read(r, 100).split()) * 1024)
-"""
-
-DAEMON = """
-import os, sys, time
-done = sys.argv[1]
-if os.fork() == 0:
-    os.setsid()
-    if os.fork() == 0:
-        end = time.process_time() + 0.5
-        while time.process_time() < end:
-            pass
-        open(done + ".tmp", "w").write(str(time.process_time()))
-        os.rename(done + ".tmp", done)
-    os._exit(0)
-while not os.path.exists(done):
-    time.sleep(0.05)
-import resource
-me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-print(float(open(done).read()) + me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime)
-"""
-
+CPU = lambda u: u["cpu_user_seconds"] + u["cpu_system_seconds"]  # noqa: E731
+# name -> (workload, its arguments, what the record says, the truth from the job's last line)
 WORKLOADS = {
-    "short-lived CPU": (SHORT_LIVED, lambda u: u["cpu_user_seconds"] + u["cpu_system_seconds"]),
-    "allocation (200 MiB)": (ALLOCATION, lambda u: u["memory_peak_bytes"]),
-    "burst (2 x 150 MiB, 0.2 s)": (BURST, lambda u: u["memory_peak_bytes"]),
-    "double-forked daemon CPU": (DAEMON, lambda u: u["cpu_user_seconds"] + u["cpu_system_seconds"]),
+    "CPU user, short-lived children": (workloads.SHORT_LIVED_CPU, ["10"],
+                                       lambda u: u["cpu_user_seconds"],
+                                       lambda out: float(out.split()[0])),
+    "CPU system, short-lived children": (workloads.SHORT_LIVED_CPU, ["10"],
+                                         lambda u: u["cpu_system_seconds"],
+                                         lambda out: float(out.split()[1])),
+    # truth: the whole RSS before, plus what was allocated (the upper of the two truths)
+    "allocation (200 MiB)": (workloads.ALLOCATION, ["200"], lambda u: u["memory_peak_bytes"],
+                             lambda out: float(out.split()[1])),
+    "burst (2 x 150 MiB, 0.2 s)": (workloads.BURST, [], lambda u: u["memory_peak_bytes"],
+                                   lambda out: float(out.split()[1])),
+    "double-forked daemon CPU": (workloads.DAEMON, ["{done}"], CPU, float),
 }
 
 
-def run_job(backend: str, sandbox: Sandbox, work: Path, code: str, n: int) -> tuple[float, dict]:
+def run_job(backend: str, sandbox: Sandbox, work: Path, code: str, args: list[str],
+            n: int) -> tuple[str, dict]:
+    """The job's last line of output (its truth) and its usage record."""
     usage_file = work / f"usage-{backend}-{n}.json"
+    done = str(work / f"done-{backend}-{n}")
     argv = [CSD, "run", "--backend", backend, "--usage-file", str(usage_file), "--",
-            PY, "-c", code, str(work / f"done-{backend}-{n}")]
+            PY, "-c", code, *(a.format(done=done) for a in args)]
     if backend == "systemd":
         argv = sandbox.command(argv, str(work))
     out = subprocess.run(argv, cwd=work, check=True, capture_output=True, text=True).stdout
-    return float(out.split()[-1]), json.loads(usage_file.read_text())
+    return out.strip().splitlines()[-1], json.loads(usage_file.read_text())
 
 
 def cost_of_tracking(seconds: float) -> tuple[float, int]:
@@ -151,12 +110,12 @@ def main() -> None:
     errors: dict[str, dict[str, list[float | None]]] = {}
     with Sandbox() as sandbox:
         n = 0
-        for name, (code, reported) in WORKLOADS.items():
+        for name, (code, job_args, reported, truth_of) in WORKLOADS.items():
             for _ in range(args.rounds):
                 for backend in ("systemd", "psutil"):
                     n += 1
-                    truth, usage = run_job(backend, sandbox, work, code, n)
-                    value = reported(usage)
+                    last_line, usage = run_job(backend, sandbox, work, code, job_args, n)
+                    truth, value = truth_of(last_line), reported(usage)
                     error = None if value is None else 100.0 * (value - truth) / truth
                     errors.setdefault(name, {}).setdefault(backend, []).append(error)
     print(f"accounting error, median of {args.rounds} runs ((reported - truth) / truth):")

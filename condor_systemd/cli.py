@@ -264,7 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug of ours: one line for the user, the details to the journal
         import traceback
 
-        log.error("internal error: " + "".join(traceback.format_exception(exc)))
+        # (the three-argument form: Python 3.9 has no other)
+        details = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        log.error("internal error: " + "".join(details))
         print(f"condor-systemd: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 125
     if args.usage_file:

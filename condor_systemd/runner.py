@@ -2,7 +2,8 @@
 
 The wrapper sleeps in exactly one place, a poll() on the backend's fds and on the self-pipe that
 Python's signal machinery writes to (signal.set_wakeup_fd). The systemd backend needs no timer
-(no polling); the fallback asks for one to sample the job's processes.
+(no polling); the fallback asks for one to sample the job's processes. SIGCHLD also wakes the
+loop: where the kernel has no pidfds, a child's end is news only that way.
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ from .usage import Usage
 # Signals HTCondor (or an administrator) sends to the wrapper, meant for the whole job.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
+WAKING = FORWARDED + (signal.SIGCHLD,)
 
 
 class _SignalInbox:
-    """Catches FORWARDED signals into a pipe that poll() can wait on."""
+    """Catches FORWARDED signals (and SIGCHLD, which only wakes) into a pipe poll() waits on."""
 
     def __enter__(self) -> _SignalInbox:
         self.read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.write_fd = write_fd
         self.old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-        self.old_handlers = {s: signal.signal(s, _ignore) for s in FORWARDED}
+        self.old_handlers = {s: signal.signal(s, _ignore) for s in WAKING}
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -59,7 +61,7 @@ def run(spec: JobSpec, stdio: tuple[int, int, int] = (0, 1, 2), backend: str = "
     with _SignalInbox() as inbox:
         job = chosen.start(spec, stdio, log)
         try:
-            fds: list[int] = []
+            fds: list[int] | None = None
             deadline: float | None = None
             killed = False
             while not job.poll():
@@ -81,7 +83,7 @@ def run(spec: JobSpec, stdio: tuple[int, int, int] = (0, 1, 2), backend: str = "
                 if deadline is not None and not killed and time.monotonic() >= deadline:
                     job.kill()
                     killed = True
+            return job.finish()
         except BaseException:
-            job.abort()
+            job.abort()  # a failed finish() too: nothing of the job may outlive the wrapper
             raise
-        return job.finish()

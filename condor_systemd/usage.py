@@ -1,15 +1,55 @@
 """The usage record: what a job did and what was enforced, rendered as JSON or a ClassAd.
 
 Unknown values are None (JSON null, ClassAd ``undefined``), never a made-up 0. ``enforced`` maps
-each limit and sandbox setting asked for to ``True`` (verified in force) or to a string saying
-why it is not (not sent, not supported by this cgroup layout, not read back as asked, ...).
-The fallback backend marks what it can only approximate with a string starting "approximate:".
-``accuracy`` says, per measured quantity, how it was measured and what that can miss.
+each limit and sandbox setting asked for to a :class:`Verdict`; the record renders it as ``true``
+(verified in force) or as a string "<kind>: <why>" (not sent, not enforced on this cgroup layout,
+not in force as asked, approximate without cgroups, ...). ``accuracy`` says, per measured
+quantity, how it was measured and what that can miss.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import asdict, dataclass, field
+
+# Verdict kinds, as they start the record's strings.
+ENFORCED = "enforced"        # read back from the kernel (or set up by systemd at exec) and in force
+APPROXIMATE = "approximate"  # without cgroups: something weaker stands in for it
+NOT_ENFORCED = "not enforced"  # nothing enforces it here
+NOT_SENT = "not sent"        # this systemd or unit type cannot take it
+NOT_IN_FORCE = "not in force"  # sent, but the kernel shows something else
+OFF = "off"                  # switched off for this job (e.g. a private /tmp would hide the job)
+UNKNOWN = "unknown"          # could not be checked
+VERDICT_KINDS = (ENFORCED, APPROXIMATE, NOT_ENFORCED, NOT_SENT, NOT_IN_FORCE, OFF, UNKNOWN)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How one limit or sandbox setting asked for turned out, and why."""
+
+    kind: str
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in VERDICT_KINDS:
+            raise ValueError(f"unknown verdict kind {self.kind!r}")
+
+    @property
+    def enforced(self) -> bool:
+        return self.kind == ENFORCED
+
+    def render(self) -> bool | str:
+        """The record's documented form: true, or "kind: reason"."""
+        return True if self.enforced else f"{self.kind}: {self.reason}"
+
+
+IN_FORCE = Verdict(ENFORCED)
+
+
+def render_verdict(verdict: Verdict | bool | str) -> bool | str:
+    if isinstance(verdict, Verdict):
+        return verdict.render()
+    raise TypeError(f"enforced values are Verdicts, not {type(verdict).__name__}")
+
 
 KEYS = ("unit", "backend", "job_id", "exit_code", "signal", "oom_killed", "wall_seconds",
         "cpu_user_seconds", "cpu_system_seconds", "memory_peak_bytes", "io_read_bytes",
@@ -17,7 +57,8 @@ KEYS = ("unit", "backend", "job_id", "exit_code", "signal", "oom_killed", "wall_
         "cgroup_controllers", "systemd_version", "backend_reason", "accuracy")
 
 
-class Usage(NamedTuple):
+@dataclass(frozen=True)
+class Usage:
     unit: str | None
     backend: str
     job_id: str
@@ -31,18 +72,25 @@ class Usage(NamedTuple):
     io_read_bytes: int | None = None
     io_write_bytes: int | None = None
     tasks_peak: int | None = None
-    limits: dict = {}
-    enforced: dict = {}
+    # each record its own containers: a shared default would carry one job's values into the next
+    limits: dict = field(default_factory=dict)
+    enforced: dict = field(default_factory=dict)
     cgroup_layout: str | None = None
-    cgroup_controllers: list = []
+    cgroup_controllers: list = field(default_factory=list)
     systemd_version: int | None = None
     backend_reason: str | None = None
-    accuracy: dict = {}
+    accuracy: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         import json
 
-        return json.dumps(self._asdict(), indent=2, sort_keys=False) + "\n"
+        return json.dumps(self.as_dict(), indent=2, sort_keys=False) + "\n"
+
+    def as_dict(self) -> dict:
+        """The record as documented: KEYS in order, verdicts rendered as true or "kind: why"."""
+        out = asdict(self)
+        out["enforced"] = {key: render_verdict(v) for key, v in self.enforced.items()}
+        return out
 
     def to_classad(self) -> str:
         """HTCondor attribute names first, then the full record as CondorSystemd* attributes."""
@@ -59,8 +107,9 @@ class Usage(NamedTuple):
             f"ExitCode = {_ad(self.exit_code)}",
             f"ExitSignal = {_ad(self.signal)}",
         ]
+        record = self.as_dict()
         for key in KEYS:
-            value = getattr(self, key)
+            value = record[key]
             name = "CondorSystemd" + _camel(key)
             if isinstance(value, list):
                 lines.append(f"{name} = {_ad(' '.join(value))}")

@@ -4,14 +4,23 @@ A backend starts a job and hands back a :class:`Job`, which the runner drives wi
 loop shared by all backends::
 
     job = backend.start(spec, stdio, log)   # the job runs; raises LaunchError if it cannot
-    while not job.poll():                    # poll() never blocks; True once the job has ended
-        select(job.fds() + [signal fd], ..., job.timeout())  # the only place the wrapper sleeps
+    while not job.poll():                    # True once the job has ended
+        select(job.fds() + [signal fd], ..., job.timeout())  # where the wrapper waits for news
         job.send_signal(sig) / job.kill()    # forwarded signals, stop-timeout escalation
     usage = job.finish()                      # kill what is left, read accounting, clean up
 
-``finish()`` must leave no process and no unit behind, and may be called after any failure;
-``abort()`` is the best-effort version for the wrapper's own errors. Backends raise only
-condor_systemd.errors exceptions: each maps its transport's failures at its edge.
+What may block, and for how long: poll(), send_signal() and kill() never wait for the JOB, but
+they are not free of waits. The systemd backend makes D-Bus round trips in them (systemd answers
+within milliseconds; a hung manager is given up on after bus.CALL_TIMEOUT, 120 s) and, after
+`systemctl daemon-reexec` closed its connection, reconnects (up to RECONNECT_TIMEOUT, 30 s).
+The fallback's kill() stops and kills the family in rounds until none is left (up to 10 s).
+finish() waits for the unit to go (up to the stop timeout + 10 s). One wrapper drives one job,
+so these bounds cost only that job; a loop driving many jobs must not call them inline.
+
+``finish()`` must leave no process and no unit behind; if it fails, the runner calls
+``abort()``, the best-effort version also used for the wrapper's own errors. Backends raise only
+condor_systemd.errors exceptions: each maps its transport's failures at its edge. Without
+pidfds (Linux < 5.3) ``fds()`` may lack the job's process: the runner also wakes on SIGCHLD.
 
 ``select(choice)`` probes once per process and keeps the reason a backend is unavailable, so
 that ``--backend auto`` can say why it chose what it chose.
@@ -47,7 +56,8 @@ class Job(Protocol):
         The systemd backend never needs one; the fallback samples its process family."""
 
     def poll(self) -> bool:
-        """Handle pending events without blocking; True once the job's main process ended."""
+        """Handle what has arrived, never waiting for the job (but see "What may block");
+        True once the job's main process ended."""
 
     def send_signal(self, signum: int) -> None:
         """Deliver signum to every process of the job."""

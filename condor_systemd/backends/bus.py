@@ -31,7 +31,8 @@ MANAGER_PATH = "/org/freedesktop/systemd1"
 MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
 PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
 AUTH_TIMEOUT = 5.0
-# systemd answers in microseconds; a manager busy reloading may take seconds. Past this, give up.
+# systemd answers in microseconds; a manager busy reloading may take seconds. Past this, give up
+# (on the whole call: signals arriving meanwhile do not extend it).
 CALL_TIMEOUT = 120.0
 
 
@@ -70,7 +71,7 @@ class Connection:
             sock.settimeout(AUTH_TIMEOUT)
             sock.connect(path)
             _authenticate(sock)
-            sock.settimeout(None)  # blocking: deadlines are kept with select(), see _next_message
+            sock.settimeout(None)  # blocking: deadlines are kept with select(), see _next_raw
         except OSError as exc:
             sock.close()
             raise BusError("", f"cannot connect to {path}: {exc.strerror or exc}") from None
@@ -101,9 +102,6 @@ class Connection:
         self._buf, self._serial = fresh._buf, fresh._serial
         self.signals.extend(fresh.signals)
 
-    def close(self) -> None:
-        self.sock.close()
-
     def fileno(self) -> int:
         return self.sock.fileno()
 
@@ -126,6 +124,7 @@ class Connection:
         serial = self._serial
         fds: list[int] = []
         data = msg.serialise(serial=serial, fds=fds)
+        deadline = time.monotonic() + CALL_TIMEOUT
         try:
             if fds:
                 sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
@@ -135,8 +134,8 @@ class Connection:
             else:
                 self.sock.sendall(data)
             while True:
-                reply = self._next_message(block=True)
-                if reply is None:  # pragma: no cover - _next_message blocks
+                reply = self._next_message(deadline)
+                if reply is None:  # pragma: no cover - with a deadline, _next_message blocks
                     continue
                 if reply.header.fields.get(HeaderFields.reply_serial) == serial:
                     break
@@ -159,7 +158,7 @@ class Connection:
     def read_signals(self) -> list[Message]:
         """Every signal received so far, reading what the socket has without blocking."""
         try:
-            while (msg := self._next_message(block=False)) is not None:
+            while (msg := self._next_message(None)) is not None:
                 if msg.header.message_type == MessageType.signal:
                     self.signals.append(msg)
         except OSError as exc:
@@ -168,10 +167,12 @@ class Connection:
         self.signals.clear()
         return out
 
-    def _next_message(self, block: bool) -> Message | None:
-        """The next reply or wanted signal; unwanted signals are skipped unparsed."""
+    def _next_message(self, deadline: float | None) -> Message | None:
+        """The next reply or wanted signal; unwanted signals are skipped unparsed. With a
+        deadline (time.monotonic()), waits for one until then; without, only reads what is
+        there."""
         while True:
-            raw = self._next_raw(block)
+            raw = self._next_raw(deadline)
             if raw is None:
                 return None
             header, pos = Header.from_buffer(raw)
@@ -195,7 +196,7 @@ class Connection:
         interface = raw[pos + 4:pos + 4 + length].decode("utf-8", "replace")
         return (path, interface) in self._properties
 
-    def _next_raw(self, block: bool) -> bytes | None:
+    def _next_raw(self, deadline: float | None) -> bytes | None:
         while True:
             if len(self._buf) >= 16:
                 size = calc_msg_size(self._buf)
@@ -203,10 +204,12 @@ class Connection:
                     raw = bytes(self._buf[:size])
                     del self._buf[:size]
                     return raw
-            if block and not select.select([self.sock], [], [], CALL_TIMEOUT)[0]:
-                raise OSError(0, f"systemd did not answer within {CALL_TIMEOUT:.0f} s")
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                    raise OSError(0, f"systemd did not answer within {CALL_TIMEOUT:g} s")
             try:
-                data = self.sock.recv(65536, 0 if block else socket.MSG_DONTWAIT)
+                data = self.sock.recv(65536, 0 if deadline is not None else socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return None
             if not data:

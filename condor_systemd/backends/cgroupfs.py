@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+from ..usage import IN_FORCE, NOT_ENFORCED, NOT_IN_FORCE, Verdict
+
 # cgroup v1 super options that are not controllers (see cgroup1_parse_param in the kernel)
 V1_MOUNT_OPTIONS = frozenset(("rw", "ro", "xattr", "clone_children", "noprefix", "none",
                               "cpuset_v2_mode", "all", "favordynmods"))
@@ -236,17 +238,17 @@ def read_limits(layout: Layout, cgroup: str) -> dict[str, object]:
 
 
 def verify(asked: dict[str, object], actual: dict[str, object],
-           layout: Layout) -> dict[str, object]:
-    """Per asked limit: True if the kernel has it in force, else a reason string."""
-    result: dict[str, object] = {}
+           layout: Layout) -> dict[str, Verdict]:
+    """Per asked limit: in force if the kernel has it as asked, else why not."""
+    result: dict[str, Verdict] = {}
     for key, want in asked.items():
         have = actual.get(key)
         if have is None:
             result[key] = _why_missing(key, layout)
         elif _matches(key, _effective(key, want, layout), have):
-            result[key] = True
+            result[key] = IN_FORCE
         else:
-            result[key] = f"not in force: asked {want}, the cgroup has {have}"
+            result[key] = Verdict(NOT_IN_FORCE, f"asked {want}, the cgroup has {have}")
     return result
 
 
@@ -272,14 +274,15 @@ def _effective(key: str, want: object, layout: Layout) -> object:
     return want
 
 
-def _why_missing(key: str, layout: Layout) -> str:
+def _why_missing(key: str, layout: Layout) -> Verdict:
     v1_reasons = {
-        "memory_high": "not enforced: cgroup v1 has no memory.high",
-        "swap_max": "not enforced: systemd sets swap limits only on cgroup v2",
-        "allowed_cpus": "not enforced: systemd manages cpusets only on cgroup v2",
-        "io_weight": "not enforced: no blkio.weight in the unit's cgroup (cgroup v1 weights "
-                     "need the CFQ I/O scheduler)",
+        "memory_high": "cgroup v1 has no memory.high",
+        "swap_max": "systemd sets swap limits only on cgroup v2",
+        "allowed_cpus": "systemd manages cpusets only on cgroup v2",
+        "io_weight": "no blkio.weight in the unit's cgroup (cgroup v1 weights need the CFQ I/O "
+                     "scheduler)",
     }
     if layout.kind != "unified" and key in v1_reasons:
-        return v1_reasons[key]
-    return f"not enforced: no {key} control file in the unit's cgroup (controller not enabled?)"
+        return Verdict(NOT_ENFORCED, v1_reasons[key])
+    return Verdict(NOT_ENFORCED, f"no {key} control file in the unit's cgroup (controller not "
+                                 "enabled?)")

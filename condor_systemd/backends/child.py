@@ -1,13 +1,21 @@
 """What a forked child does before it execs the job (scope jobs, and the fallback backend).
 
 These run between fork() and exec(): no allocation-heavy work, no locks, and failures are
-reported to the parent through a pipe by the caller, never raised past os._exit().
+reported to the parent through a pipe, never raised past os._exit(). Both forking launchers (the
+fallback and systemd scopes) speak one protocol on that pipe: the child writes
+"stage NUL errno NUL message" with :func:`report_failure` and the parent turns it into the
+error the user sees with :func:`launch_error`; nothing at all means exec succeeded.
 """
 
 from __future__ import annotations
 
+import errno as errnos
 import os
 import signal
+
+from ..errors import CommandNotExecutable, CommandNotFound, LaunchError
+
+EXEC = "exec"  # the stage whose ENOENT means "command not found"
 
 
 def dup_stdio(stdio: tuple[int, int, int]) -> None:
@@ -66,4 +74,27 @@ def private_tmp_conflict(cwd: str, executable: str) -> str | None:
               if under_tmp(path)]
     if not hidden:
         return None
-    return f"off: the {' and '.join(hidden)} under /tmp or /var/tmp would be hidden by it"
+    return f"the {' and '.join(hidden)} under /tmp or /var/tmp would be hidden by it"
+
+
+def report_failure(err_w: int, stage: str, exc: BaseException) -> None:
+    """In the child: tell the parent which stage failed and why (then the child exits)."""
+    if isinstance(exc, OSError):
+        number, text = exc.errno or 0, exc.strerror or str(exc)
+    else:
+        number, text = 0, str(exc) or type(exc).__name__
+    os.write(err_w, f"{stage}\0{number}\0{text}".encode(errors="replace"))
+
+
+def launch_error(command: str, failure: bytes) -> LaunchError:
+    """In the parent: the error for what report_failure() said. Only a failed exec is about the
+    command itself; a failed chdir is not "command not found"."""
+    stage, _, rest = failure.decode(errors="replace").partition("\0")
+    number_text, _, text = rest.partition("\0")
+    number = int(number_text) if number_text.isdigit() else 0
+    if stage == EXEC:
+        if number == errnos.ENOENT:
+            return CommandNotFound(f"{command}: command not found")
+        if number in (errnos.EACCES, errnos.ENOEXEC, errnos.EISDIR, errnos.EPERM):
+            return CommandNotExecutable(f"{command}: {text}")
+    return LaunchError(f"could not start the job: {stage}: {text}")

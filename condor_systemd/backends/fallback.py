@@ -6,7 +6,7 @@ their CPU time and I/O reach its RUSAGE_CHILDREN and /proc/self/io, exactly as t
 counted them. What cannot be measured exactly (RSS, which the kernel only knows per process,
 and escaped processes) is sampled every spec.sample_interval seconds; the usage record's
 ``accuracy`` says which is which, and ``enforced`` says what each limit became without cgroups:
-True (exact), "approximate: how", or "not enforced: why".
+in force (exact), approximate (how), or not enforced (why).
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ import time
 
 import psutil
 
-from ..errors import CommandNotExecutable, CommandNotFound, LaunchError
 from ..log import Log
 from ..spec import JobSpec, format_cpu_list
-from ..usage import Usage
-from . import STOPPING, child, linux
+from ..usage import APPROXIMATE, IN_FORCE, NOT_ENFORCED, OFF, Usage, Verdict
+from . import STOPPING, child, linux, pidfd
 from .family import TOKEN_VARIABLE, Family
 
-NOT = "not enforced: "
 EARLY_SAMPLES = (0.02, 0.1, 0.3)  # seconds after the start, before the regular interval
 GRACE_CHECK = 0.1  # during a stop, how often we look whether the leftovers have ended
 
@@ -64,11 +62,11 @@ class FamilyJob:
         self.log = log
         self.reason = reason
         self.token = f"{spec.job_id}:{os.urandom(12).hex()}"
-        self.enforced: dict[str, object] = {}
+        self.enforced: dict[str, Verdict] = {}
         self.oom = False
         self.status: int | None = None
         self.pid = 0
-        self.pidfd = -1
+        self.pidfd = pidfd.NONE
         self.family: Family | None = None
         self.survivors: list[int] = []
         self.stop_deadline: float | None = None
@@ -100,12 +98,16 @@ class FamilyJob:
         if failure:
             os.waitpid(pid, 0)
             linux.set_child_subreaper(self.was_subreaper)
-            raise _launch_error(self.spec, failure)
+            raise child.launch_error(self.spec.argv[0], failure)
         self.pid = pid
-        self.pidfd = os.pidfd_open(pid)
-        self.family = Family(pid, self.token)
-        if setup.cpus is not None:
-            self.check_affinity(setup.cpus)
+        try:  # the job runs: whatever fails from here on must not leave it behind
+            self.pidfd = pidfd.open_pidfd(pid)  # NONE on old kernels: the runner wakes on SIGCHLD
+            self.family = Family(pid, self.token)
+            if setup.cpus is not None:
+                self.check_affinity(setup.cpus)
+        except BaseException:
+            self.abort()
+            raise
         # exec has barely begun when we get here (RSS ~0): look again soon, so that short jobs
         # are seen too, then every sample_interval
         self.early_samples = [t for t in EARLY_SAMPLES if t < self.spec.sample_interval]
@@ -119,57 +121,60 @@ class FamilyJob:
         spec, limits, sandbox, setup = self.spec, self.spec.limits, self.spec.sandbox, ChildSetup()
         every = f"every {spec.sample_interval:g} s"
         nothing = "without cgroups nothing "
-        put = self.enforced.__setitem__
+
+        def put(key: str, kind: str, reason: str = "") -> None:
+            self.enforced[key] = Verdict(kind, reason)
+
         if limits.cpu_quota_percent is not None:
-            put("cpu_quota_percent", NOT + nothing + "throttles CPU time")
+            put("cpu_quota_percent", NOT_ENFORCED, nothing + "throttles CPU time")
         if limits.memory_max is not None:
-            put("memory_max", f"approximate: a watchdog sums the job's RSS {every} and kills "
+            put("memory_max", APPROXIMATE, f"a watchdog sums the job's RSS {every} and kills "
                               "the job above the limit; an allocation between samples overshoots")
         if limits.memory_high is not None:
-            put("memory_high", NOT + nothing + "reclaims memory above a soft limit")
+            put("memory_high", NOT_ENFORCED, nothing + "reclaims memory above a soft limit")
         if limits.swap_max is not None:
-            put("swap_max", NOT + nothing + "limits swap per job")
+            put("swap_max", NOT_ENFORCED, nothing + "limits swap per job")
         if limits.allowed_cpus is not None:
             setup.cpus = limits.allowed_cpus
-            put("allowed_cpus", True)  # checked after start, see check_affinity()
+            self.enforced["allowed_cpus"] = IN_FORCE  # checked after start: check_affinity()
         if limits.io_weight is not None:
             setup.io_level = io_level(limits.io_weight)
-            put("io_weight", f"approximate: best-effort I/O priority {setup.io_level} "
+            put("io_weight", APPROXIMATE, f"best-effort I/O priority {setup.io_level} "
                              f"(ionice -c2 -n{setup.io_level}); only the BFQ scheduler honours it")
         if limits.tasks_max is not None:
             self.plan_tasks_max(limits.tasks_max, setup)
         if sandbox.private_tmp:
             conflict = child.private_tmp_conflict(spec.cwd, spec.executable)
             if conflict:
-                put("private_tmp", conflict)
+                put("private_tmp", OFF, conflict)
             elif os.geteuid() != 0:
-                put("private_tmp", NOT + "a private /tmp needs root (a mount namespace)")
+                put("private_tmp", NOT_ENFORCED, "a private /tmp needs root (a mount namespace)")
             else:
                 setup.private_tmp = True
-                put("private_tmp", True)
+                self.enforced["private_tmp"] = IN_FORCE
         if sandbox.private_users:
-            put("private_users", NOT + "needs systemd")
+            put("private_users", NOT_ENFORCED, "needs systemd")
         if sandbox.protect_system:
-            put("protect_system", NOT + "needs systemd")
+            put("protect_system", NOT_ENFORCED, "needs systemd")
         for name, value in spec.properties:
             if name == "Nice":
                 setup.nice = int(value)
-                put(name, True)
+                self.enforced[name] = IN_FORCE
             else:
-                put(name, NOT + "a unit property, and there is no systemd here")
+                put(name, NOT_ENFORCED, "a unit property, and there is no systemd here")
         return setup
 
     def plan_tasks_max(self, tasks_max: int, setup: ChildSetup) -> None:
         uid = child.uid_of(self.spec.user) if self.spec.user else os.getuid()
         if uid == 0:
-            self.enforced["tasks_max"] = NOT + "RLIMIT_NPROC does not bind root"
+            self.enforced["tasks_max"] = Verdict(NOT_ENFORCED, "RLIMIT_NPROC does not bind root")
             return
         others = sum(1 for p in psutil.process_iter(["uids"])
                      if p.info["uids"] is not None and p.info["uids"].real == uid)
         setup.nproc = others + tasks_max
-        self.enforced["tasks_max"] = (
-            f"approximate: RLIMIT_NPROC={setup.nproc} counts every process of uid {uid} "
-            f"({others} not the job's at launch), and processes, not threads")
+        self.enforced["tasks_max"] = Verdict(
+            APPROXIMATE, f"RLIMIT_NPROC={setup.nproc} counts every process of uid {uid} "
+                         f"({others} not the job's at launch), and processes, not threads")
 
     def check_affinity(self, asked: tuple[int, ...]) -> None:
         try:
@@ -177,12 +182,12 @@ class FamilyJob:
         except OSError:
             return  # it has ended already; the child set it before exec or failed the launch
         if got != tuple(sorted(asked)):
-            self.enforced["allowed_cpus"] = (f"approximate: the job got CPUs "
-                                             f"{format_cpu_list(got)} (this host restricts it)")
+            self.enforced["allowed_cpus"] = Verdict(
+                APPROXIMATE, f"the job got CPUs {format_cpu_list(got)} (this host restricts it)")
 
     # -- the runner's interface --------------------------------------------------------------
     def fds(self) -> list[int]:
-        return [self.pidfd]
+        return [self.pidfd] if self.pidfd != pidfd.NONE else []  # else: SIGCHLD wakes the runner
 
     def timeout(self) -> float | None:
         wait = max(0.0, self.next_sample - time.monotonic())
@@ -278,9 +283,9 @@ class FamilyJob:
         self.release()
 
     def release(self) -> None:
-        if self.pidfd >= 0:
+        if self.pidfd != pidfd.NONE:
             os.close(self.pidfd)
-            self.pidfd = -1
+            self.pidfd = pidfd.NONE
         try:
             linux.set_child_subreaper(self.was_subreaper)
         except OSError:
@@ -375,24 +380,9 @@ def _become_job(spec: JobSpec, stdio: tuple[int, int, int], setup: ChildSetup,
         stage = f"working directory {spec.cwd}"
         os.chdir(spec.cwd)
         child.reset_signals()
-        stage = "exec"
+        stage = child.EXEC
         os.execve(spec.executable, list(spec.argv), env)
-    except OSError as exc:
-        os.write(err_w, f"{stage}\0{exc.errno or 0}\0{exc.strerror or exc}".encode())
     except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
-        os.write(err_w, f"{stage}\0{0}\0{exc}".encode())
+        child.report_failure(err_w, stage, exc)
     finally:
         os._exit(127)
-
-
-def _launch_error(spec: JobSpec, failure: bytes) -> LaunchError:
-    stage, errno_text, text = failure.decode(errors="replace").split("\0", 2)
-    errno = int(errno_text) if errno_text.isdigit() else 0
-    if stage == "exec":
-        import errno as errnos
-
-        if errno == errnos.ENOENT:
-            return CommandNotFound(f"{spec.argv[0]}: command not found")
-        if errno in (errnos.EACCES, errnos.ENOEXEC, errnos.EISDIR, errnos.EPERM):
-            return CommandNotExecutable(f"{spec.argv[0]}: {text}")
-    return LaunchError(f"could not start the job: {stage}: {text}")

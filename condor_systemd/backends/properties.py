@@ -92,10 +92,6 @@ def _words(text: str) -> list[str]:
     return text.split()
 
 
-def _string(text: str) -> str:
-    return text
-
-
 def cpu_quota_usec(percent: float) -> int:
     """CPUQuota=150% is sent as CPUQuotaPerSecUSec=1500000 (CPU time per second of wall time)."""
     return max(1, round(percent * USEC / 100))

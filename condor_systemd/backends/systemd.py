@@ -31,7 +31,6 @@ from typing import Any, Callable
 from ..errors import (
     BackendUnavailable,
     CommandNotExecutable,
-    CommandNotFound,
     CondorSystemdError,
     LaunchError,
     UnitExists,
@@ -39,8 +38,8 @@ from ..errors import (
 )
 from ..log import Log
 from ..spec import JobSpec
-from ..usage import Usage
-from . import STOPPING, cgroupfs, child, properties
+from ..usage import IN_FORCE, NOT_SENT, OFF, UNKNOWN, Usage, Verdict
+from . import STOPPING, cgroupfs, child, pidfd, properties
 from .bus import BusError, Connection
 
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
@@ -123,8 +122,8 @@ class SystemdBackend:
         digits = "".join(c for c in text.split(".")[0] if c.isdigit())
         return cls(conn, int(digits) if digits else 0)
 
-    def start(self, spec: JobSpec, stdio: tuple[int, int, int], log: Log) -> SystemdJob:
-        job = (ScopeJob if spec.scope else ServiceJob)(self, spec, log)
+    def start(self, spec: JobSpec, stdio: tuple[int, int, int], log: Log) -> ServiceJob | ScopeJob:
+        job: ServiceJob | ScopeJob = (ScopeJob if spec.scope else ServiceJob)(self, spec, log)
         job.launch(stdio)
         return job
 
@@ -144,7 +143,7 @@ class SystemdJob:
         self.path = unit_object_path(spec.unit_name)
         self.conn.keep_signals({"JobRemoved", "UnitRemoved"}, {(self.path, UNIT_IFACE)})
         self.layout = cgroupfs.probe_layout()
-        self.enforced: dict[str, object] = {}
+        self.enforced: dict[str, Verdict] = {}
         self.phase = "starting"  # starting -> running -> ended | start-failed
         self.start_result = ""
         self.active_state = self.sub_state = ""
@@ -193,18 +192,17 @@ class SystemdJob:
             name = properties.name_for_dbus(dbus_name) or dbus_name
             prop = properties.TABLE.get(name)
             if prop and prop.since > self.version:
-                self.note_dropped(name, f"not sent: systemd {self.version} lacks {name} "
+                self.note_dropped(name, f"systemd {self.version} lacks {name} "
                                         f"(added in {prop.since})")
             elif prop and prop.services_only and self.spec.scope:
-                self.note_dropped(name, "not sent: scopes cannot be sandboxed")
+                self.note_dropped(name, f"a scope has no {name} (it is a service setting)")
             else:
                 kept.append((dbus_name, variant))
         return kept
 
     def note_dropped(self, name: str, why: str) -> None:
-        key = _record_key(name)
-        self.enforced[key] = why
-        self.log.notice(f"{name}: {why}")
+        self.enforced[_record_key(name)] = Verdict(NOT_SENT, why)
+        self.log.notice(f"{name}: not sent: {why}")
 
     def start_unit(self, props: list) -> None:
         props = self.filter_properties(props)
@@ -219,7 +217,7 @@ class SystemdJob:
                 if unknown and any(p[0] == unknown for p in props):
                     props = [p for p in props if p[0] != unknown]
                     name = properties.name_for_dbus(unknown) or unknown
-                    self.note_dropped(name, f"not sent: systemd {self.version} does not accept "
+                    self.note_dropped(name, f"systemd {self.version} does not accept "
                                             f"{name} here")
                     continue
                 raise _map_bus_error(exc, self.spec.unit_name) from None
@@ -340,13 +338,13 @@ class SystemdJob:
             return
         if not self.cgroup:
             for key in asked:
-                self.enforced[key] = "unknown: systemd reported no cgroup for the unit"
+                self.enforced[key] = Verdict(UNKNOWN, "systemd reported no cgroup for the unit")
             return
         actual = cgroupfs.read_limits(self.layout, self.cgroup)
         for key, verdict in cgroupfs.verify(asked, actual, self.layout).items():
             self.enforced[key] = verdict
-            if verdict is not True:
-                self.log.notice(f"{key}: {verdict}")
+            if not verdict.enforced:
+                self.log.notice(f"{key}: {verdict.render()}")
 
     # -- control -----------------------------------------------------------------------------
     def send_signal(self, signum: int) -> None:
@@ -356,12 +354,6 @@ class SystemdJob:
         self.stopping = self.stopping or signum in STOPPING
         self.kill_unit(signum)
 
-    def kill(self) -> None:
-        if self.phase == "ended":
-            return
-        self.log.notice("stop timeout reached: killing every process of the job")
-        self.kill_unit(signal.SIGKILL)
-
     def kill_pids(self, pids: list[int], spare: set[int]) -> int:
         """SIGKILL these pids but `spare`, each through a pidfd after checking that it is still
         in the unit's cgroup (a pid can be reused); returns how many were signalled."""
@@ -370,19 +362,22 @@ class SystemdJob:
             if pid in spare:
                 continue
             try:
-                fd = os.pidfd_open(pid)
+                fd = pidfd.open_pidfd(pid)
             except OSError:
                 continue  # gone already
             try:
+                # (without a pidfd, the check and the kill are two steps: a pid recycled in
+                # between is the price of an old kernel)
                 with open(f"/proc/{pid}/cgroup") as f:
                     if f":{self.cgroup}\n" not in f.read() + "\n":
                         continue
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
+                pidfd.send(pid, fd, signal.SIGKILL)
                 killed += 1
             except OSError:
                 pass
             finally:
-                os.close(fd)
+                if fd != pidfd.NONE:
+                    os.close(fd)
         return killed
 
     def kill_unit(self, signum: int) -> None:
@@ -474,7 +469,7 @@ class SystemdJob:
         enforced = dict(self.enforced)
         for key, value in self.spec.sandbox.asked().items():
             if value and key not in enforced:
-                enforced[key] = True  # systemd sets these up at exec or fails the start
+                enforced[key] = IN_FORCE  # systemd sets these up at exec or fails the start
         usage = Usage(
             unit=self.unit, backend="systemd", job_id=self.spec.job_id, exit_code=exit_code,
             signal=signum, oom_killed=oom, wall_seconds=None if wall is None else round(wall, 6),
@@ -536,7 +531,7 @@ class ServiceJob(SystemdJob):
         if sandbox.private_tmp:
             conflict = child.private_tmp_conflict(self.spec.cwd, self.spec.executable)
             if conflict:
-                self.enforced["private_tmp"] = conflict
+                self.enforced["private_tmp"] = Verdict(OFF, conflict)
             else:
                 props.append(enc("PrivateTmp", True))
         if sandbox.private_users:
@@ -623,8 +618,9 @@ class ScopeJob(SystemdJob):
 
     def launch(self, stdio: tuple[int, int, int]) -> None:
         self.main_pid = self.sentinel_pid = None
+        self.pidfd = pidfd.NONE
         self.status: int | None = None
-        self.enforced["private_tmp"] = "not sent: scopes cannot be sandboxed"
+        self.enforced["private_tmp"] = Verdict(NOT_SENT, "scopes cannot be sandboxed")
         hold_r, self.hold_w = os.pipe2(os.O_CLOEXEC)
         self.sentinel_pid = _fork_sentinel(hold_r)
         os.close(hold_r)
@@ -635,7 +631,7 @@ class ScopeJob(SystemdJob):
             self.main_pid = _fork_job(self.spec, stdio, go_r, err_w)
             os.close(err_w)
             err_w = -1
-            self.pidfd = os.pidfd_open(self.main_pid)
+            self.pidfd = pidfd.open_pidfd(self.main_pid)
             props = [properties.encode("PIDs", [self.main_pid, self.sentinel_pid])]
             self.start_unit(props + self.common_properties())
             # the job may exec only once it is in the scope
@@ -647,10 +643,7 @@ class ScopeJob(SystemdJob):
             go_w = -1
             failure = child.read_all(err_r)
             if failure:
-                errno_ = int(failure)
-                if errno_ == 2:
-                    raise CommandNotFound(f"{self.spec.argv[0]}: command not found")
-                raise CommandNotExecutable(f"{self.spec.argv[0]}: {os.strerror(errno_)}")
+                raise child.launch_error(self.spec.argv[0], failure)
         except BaseException:
             self.abort()
             raise
@@ -660,7 +653,8 @@ class ScopeJob(SystemdJob):
                     os.close(fd)
 
     def fds(self) -> list[int]:
-        return [self.conn.fileno(), self.pidfd]
+        # without a pidfd, the runner wakes on SIGCHLD instead
+        return [self.conn.fileno()] + ([self.pidfd] if self.pidfd != pidfd.NONE else [])
 
     def main_has_ended(self) -> bool:
         if self.status is None and self.main_pid:
@@ -704,8 +698,14 @@ class ScopeJob(SystemdJob):
         wall = (self.ended_at or time.monotonic()) - self.launched_at
         usage = self.make_usage(code, value, acct, wall)
         self.release_sentinel()
+        self.close_pidfd()
         self.remove_unit()
         return usage
+
+    def close_pidfd(self) -> None:
+        if self.pidfd != pidfd.NONE:
+            os.close(self.pidfd)
+            self.pidfd = pidfd.NONE
 
     def release_sentinel(self) -> None:
         if self.hold_w >= 0:
@@ -724,6 +724,7 @@ class ScopeJob(SystemdJob):
                 except (ChildProcessError, ProcessLookupError):
                     pass
         self.sentinel_pid = None
+        self.close_pidfd()
         super().abort()
 
 
@@ -736,16 +737,20 @@ def _fork_job(spec: JobSpec, stdio: tuple[int, int, int], go_r: int, err_w: int)
     pid = os.fork()
     if pid:
         return pid
+    stage = "standard input/output"
     try:  # child: wait until the scope exists, then become the job
         child.dup_stdio(stdio)
+        stage = "user/group"
         child.set_identity(spec.user, spec.group)
+        stage = f"working directory {spec.cwd}"
         os.chdir(spec.cwd)
         child.reset_signals()
         if not os.read(go_r, 1):
             os._exit(125)
+        stage = child.EXEC
         os.execve(spec.executable, list(spec.argv), dict(spec.environment))
-    except OSError as exc:
-        os.write(err_w, str(exc.errno or 0).encode())
+    except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
+        child.report_failure(err_w, stage, exc)
     finally:
         os._exit(127)
 

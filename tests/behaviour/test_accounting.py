@@ -1,102 +1,86 @@
-"""Accounting against ground truths the job measures itself."""
+"""Accounting against ground truths the job measures itself (tests/workloads.py).
+
+Bounds are stated with their reasons; each is tight enough that a figure doubled or halved
+fails. Where the backends differ by design (the fallback samples what a cgroup counts), the
+difference is written in EXPECTED (tests/jobs.py) and asserted as documented in README.
+"""
 
 from __future__ import annotations
 
+from tests import workloads
 from tests.jobs import PY
 
-# Spawns many short-lived CPU burners, waits for all of them, and reports what wait4() saw:
-# its own CPU plus every reaped descendant's. That is the ground truth for the job's CPU time.
-SHORT_LIVED = """
-import resource, subprocess, sys
-burn = "i=0; while [ $i -lt 4000 ]; do i=$((i+1)); done"
-for _ in range(int(sys.argv[1])):
-    subprocess.run(["sh", "-c", burn], check=True)
-me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-print(me.ru_utime + kids.ru_utime, me.ru_stime + kids.ru_stime)
-"""
-
-# Allocates and touches N MiB, and reports the kernel's own high-water mark for the process.
-ALLOCATION = """
-import sys
-block = bytearray(int(sys.argv[1]) << 20)
-for i in range(0, len(block), 4096):
-    block[i] = 1
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
-print(int(hwm.split()[1]) * 1024)
-"""
+MIB = workloads.MIB
 
 
-def test_cpu_of_many_short_lived_children_is_counted(jobs):
-    proc, usage = jobs.run_with_usage("--", PY, "-c", SHORT_LIVED, "150")
+def test_cpu_user_and_system_of_short_lived_children(jobs):
+    proc, usage = jobs.run_with_usage("--", PY, "-c", workloads.SHORT_LIVED_CPU, "10")
     assert proc.returncode == 0, proc.stderr
     truth_user, truth_sys = map(float, proc.stdout.split())
-    truth = truth_user + truth_sys
-    measured = usage["cpu_user_seconds"] + usage["cpu_system_seconds"]
-    assert truth > 0.5, f"workload too small to judge: {truth:.3f} s"
-    low, high = jobs.expect.cpu_tolerance  # nothing may be missed
-    assert truth * low <= measured <= truth * high + 0.05, (measured, truth)
+    # large enough to judge: 5 x 0.15 s of each kind, plus 11 interpreters starting
+    assert truth_user >= 0.7 and truth_sys >= 0.5, (truth_user, truth_sys)
+    user, system = usage["cpu_user_seconds"], usage["cpu_system_seconds"]
+    # Nothing may be missed (>= 95 %: each process reads its own clock a little before it
+    # exits). Above: the teardown after that reading (~10 ms each for 11 processes), the
+    # fallback's fork-to-exec, systemd's ExecStopPost holder: +10 % and 0.15 s at most.
+    assert 0.95 * truth_user <= user <= 1.10 * truth_user + 0.15, (user, truth_user)
+    assert 0.95 * truth_sys <= system <= 1.10 * truth_sys + 0.15, (system, truth_sys)
 
 
-def test_peak_memory_matches_a_known_allocation(jobs):
-    proc, usage = jobs.run_with_usage("--memory", "1G", "--", PY, "-c", ALLOCATION, "200")
+def test_peak_memory_of_a_known_allocation(jobs):
+    proc, usage = jobs.run_with_usage("--memory", "1G", "--", PY, "-c", workloads.ALLOCATION,
+                                      "200")
     assert proc.returncode == 0, proc.stderr
-    hwm = int(proc.stdout)
+    # the interpreter's anonymous / whole RSS before it allocated, plus 200 MiB
+    low, high = map(int, proc.stdout.split())
     peak = usage["memory_peak_bytes"]
-    # systemd: the 200 MiB the job touched are charged to its cgroup, all of them. VmHWM also
-    # counts shared library pages, which are charged to whoever cached them first: it can be
-    # higher. psutil: the process's own peak, from wait4 (the job ends before a sample).
-    assert 200 << 20 <= peak <= hwm + (48 << 20), (peak, hwm)
-    assert abs(peak - hwm) <= 0.1 * hwm, (peak, hwm)
+    # a cgroup holds at least the anonymous pages; above the whole RSS, +10 % at most: the
+    # page cache of files the job read, the kernel's per-cgroup slabs
+    assert 0.99 * low <= peak <= 1.10 * high, (peak, low, high)
 
 
-def test_escaped_daemon_cpu_is_counted(jobs):
-    """A double-forked, setsid'd daemon is nobody's child: the job's wait4() never sees its CPU.
-    It reports its own; the job's figure must include it (systemd: it stays in the unit's
-    cgroup; psutil: it is reparented to the wrapper, a child subreaper, which reaps it)."""
-    done = jobs.work / "daemon-cpu"
-    burn = ("import time\nend = time.process_time() + 0.5\n"
-            "while time.process_time() < end: pass\n"
-            f"open('{done}.tmp', 'w').write(str(time.process_time()))\n"
-            f"import os; os.rename('{done}.tmp', '{done}')\n")
-    script = (f"sh -c \"setsid {PY} -c \\\"{burn}\\\" &\"; "  # the daemon's parent exits at once
-              f"while [ ! -e {done} ]; do sleep 0.05; done")
-    proc, usage = jobs.run_with_usage("--", "sh", "-c", script)
+def test_peak_memory_of_a_burst_between_samples(jobs):
+    """Two children hold 150 MiB each at once for 0.2 s, between the fallback's samples. A
+    cgroup counts what was resident together; the fallback, blind between samples, reports the
+    largest single process's exact peak (wait4's ru_maxrss): about half (README)."""
+    proc, usage = jobs.run_with_usage("--memory", "1G", "--", PY, "-c", workloads.BURST)
     assert proc.returncode == 0, proc.stderr
-    daemon_cpu = float(done.read_text())
-    assert daemon_cpu >= 0.5
-    assert usage["cpu_user_seconds"] + usage["cpu_system_seconds"] >= daemon_cpu
+    low, high = map(int, proc.stdout.split())  # the parent's RSS (see above) and 2 x 150 MiB
+    peak = usage["memory_peak_bytes"]
+    if jobs.expect.burst_peak == "sum":
+        assert 0.99 * low <= peak <= 1.10 * high, (peak, low, high)
+    else:  # "largest process": one child's 150 MiB and its share of the parent's pages
+        assert 150 * MIB <= peak <= 0.6 * high, (peak, low, high)
 
 
-def test_usage_record_keys_and_unknowns(jobs):
-    _, usage = jobs.run_with_usage("--", "true")
-    for key in ("unit", "backend", "exit_code", "signal", "oom_killed", "wall_seconds",
-                "cpu_user_seconds", "cpu_system_seconds", "memory_peak_bytes", "io_read_bytes",
-                "io_write_bytes", "tasks_peak", "limits", "enforced"):
-        assert key in usage
-    assert usage["backend"] == jobs.backend and usage["backend_reason"]
-    assert set(usage["accuracy"]) == {"cpu", "memory_peak", "io", "tasks_peak"}
-    assert usage["wall_seconds"] is not None and usage["wall_seconds"] >= 0
-    if jobs.expect.has_unit:
-        assert usage["unit"].startswith("condor-job-")
-        assert "memory" in usage["cgroup_controllers"] and "pids" in usage["cgroup_controllers"]
-        if usage["cgroup_layout"] != "unified":
-            assert usage["io_read_bytes"] is None  # unknown on v1, not a made-up 0
-    else:  # no unit, no cgroup: said, not made up
-        assert usage["unit"] is None and usage["cgroup_layout"] is None
-        assert usage["systemd_version"] is None and usage["cgroup_controllers"] == []
-        assert usage["accuracy"]["memory_peak"].startswith(
-            "summed RSS sampled 0.02, 0.1, 0.3 s in, then every 1 s")
+def test_cpu_of_an_escaped_daemon(jobs):
+    """A double-forked, setsid'd daemon is nobody's child: the job's wait4() never sees its CPU.
+    It reports its own; the record must include it once (systemd: it stays in the unit's
+    cgroup; psutil: it is reparented to the wrapper, a child subreaper, which reaps it)."""
+    done = jobs.work / "daemon-done"
+    proc, usage = jobs.run_with_usage("--", PY, "-c", workloads.DAEMON, str(done))
+    assert proc.returncode == 0, proc.stderr
+    truth = float(proc.stdout)  # the daemon's own 0.5 s and what the main process used
+    assert truth >= 0.5
+    measured = usage["cpu_user_seconds"] + usage["cpu_system_seconds"]
+    # missed: < 5 %; counted twice would be +0.5 s, above the +10 % and 0.1 s allowed
+    assert 0.95 * truth <= measured <= 1.10 * truth + 0.1, (measured, truth)
 
 
 def test_classad_usage_format(jobs):
     path = jobs.usage_path()
-    # (it lives long enough for the fallback's first sample: an instant job's RSS is unknown)
-    proc = jobs.run("--usage-file", str(path), "--usage-format", "classad", "--",
-                    "sh", "-c", "sleep 0.3; exit 4")
-    assert proc.returncode == 4
+    # lives 0.5 s with 64 MiB touched: long enough for the fallback's samples to see it
+    code = ("import time\nb = bytearray(64 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"
+            "time.sleep(0.5)\nraise SystemExit(4)")
+    proc = jobs.run("--usage-file", str(path), "--usage-format", "classad", "--", PY, "-c", code)
+    assert proc.returncode == 4, proc.stderr
     ad = dict(line.split(" = ", 1) for line in path.read_text().splitlines())
     assert ad["ExitCode"] == "4" and ad["ExitBySignal"] == "false"
-    assert float(ad["RemoteUserCpu"]) >= 0 and int(ad["ResidentSetSize"]) > 0
+    assert ad["ExitSignal"] == "undefined"
+    # HTCondor's units: KiB and MiB for memory, seconds for time
+    assert 64 * 1024 <= int(ad["ResidentSetSize"]) <= 2 * 64 * 1024, ad["ResidentSetSize"]
+    assert 64 <= int(ad["MemoryUsage"]) <= 2 * 64, ad["MemoryUsage"]
+    assert 0.5 <= float(ad["RemoteWallClockTime"]) < 1.0 + 0.5, ad["RemoteWallClockTime"]
     assert ad["CondorSystemdBackend"] == f'"{jobs.backend}"'
 
 
@@ -109,12 +93,27 @@ with open(sys.argv[1], "wb") as f:
 """
 
 
-def test_io_written_by_a_child_is_counted(jobs):
-    """16 MiB written and fsynced by a grandchild of the job's main process."""
+def test_io_written_by_a_grandchild_is_counted(jobs):
+    """16 MiB written and fsynced by a grandchild of the job's main process (the fallback:
+    the kernel credits a reaped child's I/O to its parent, up to the wrapper)."""
     target = jobs.work / "written"
     proc, usage = jobs.run_with_usage("--", "sh", "-c", f"{PY} -c '{WRITER}' {target}; true")
     assert proc.returncode == 0, proc.stderr
-    if usage["io_write_bytes"] is None:  # systemd on the v1/hybrid tier: unknown, said so
-        assert jobs.expect.has_unit and usage["cgroup_layout"] != "unified"
+    if jobs.expect.has_unit and usage["cgroup_layout"] != "unified":
+        assert usage["io_write_bytes"] is None  # systemd on v1/hybrid: unknown, said so
     else:
-        assert 16 << 20 <= usage["io_write_bytes"] <= (16 << 20) * 1.1, usage["io_write_bytes"]
+        assert 16 * MIB <= usage["io_write_bytes"] <= 1.1 * 16 * MIB, usage["io_write_bytes"]
+
+
+def test_what_a_backend_cannot_know_is_null_and_said(jobs):
+    _, usage = jobs.run_with_usage("--", "true")
+    assert usage["backend"] == jobs.backend
+    if jobs.expect.has_unit:
+        assert usage["unit"].startswith("condor-job-") and usage["unit"].endswith(".service")
+        assert {"memory", "pids"} <= set(usage["cgroup_controllers"])
+        assert usage["accuracy"]["cpu"].startswith("exact: the unit's cgroup")
+    else:  # no unit, no cgroup: said, not made up
+        assert usage["unit"] is None and usage["cgroup_layout"] is None
+        assert usage["systemd_version"] is None and usage["cgroup_controllers"] == []
+        assert usage["accuracy"]["memory_peak"].startswith(
+            "summed RSS sampled 0.02, 0.1, 0.3 s in, then every 1 s")

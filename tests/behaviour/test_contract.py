@@ -94,3 +94,17 @@ def test_wrapper_waits_without_polling(jobs):
     assert proc.wait(timeout=30) == 0
     assert after - before <= jobs.expect.idle_cpu_ticks, \
         f"wrapper used {after - before} ticks while waiting"
+
+
+def test_unusable_working_directory_is_a_launch_failure_naming_it(jobs):
+    """The job's user cannot enter the working directory: that is no "command not found" (the
+    command exists) but a launch failure, one line, naming the working directory."""
+    private = jobs.work / "private"
+    private.mkdir(mode=0o700)  # root's; the job runs as nobody
+    err_file = jobs.work / "wrapper-error"
+    proc = jobs.shell(f"cd {private} && exec {CSD} run {' '.join(jobs.run_args())} "
+                      "--uid nobody -- /bin/true",
+                      env={"PATH": "/usr/bin:/bin", "_CONDOR_WRAPPER_ERROR_FILE": str(err_file)})
+    assert proc.returncode == 125, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "working directory" in proc.stderr, proc.stderr
+    assert "working directory" in err_file.read_text()  # HTCondor requeues it

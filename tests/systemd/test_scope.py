@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 
 from tests.behaviour.test_kill import ESCAPEES
-from tests.jobs import PY, wait_files
+from tests.jobs import CSD, PY, wait_files
 
 
 def test_scope_exit_status_and_stdio(jobs):
@@ -17,12 +18,16 @@ def test_scope_exit_status_and_stdio(jobs):
 
 
 def test_scope_accounting_and_no_escapees(jobs):
-    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    burn = ("import resource, time\nend = time.process_time() + 0.3\n"
+            "while time.process_time() < end: pass\n"
+            "me = resource.getrusage(resource.RUSAGE_SELF)\nprint(me.ru_utime + me.ru_stime)")
     proc, usage = jobs.run_with_usage("--scope", "--memory", "200M", "--",
                                       "sh", "-c", ESCAPEES + f"{PY} -c '{burn}'")
     assert proc.returncode == 0, proc.stderr
     assert usage["unit"].endswith(".scope")
-    assert usage["cpu_user_seconds"] + usage["cpu_system_seconds"] >= 0.3
+    truth = float(proc.stdout)  # the burner's own CPU; the shell and the sleeps add a few ms
+    cpu = usage["cpu_user_seconds"] + usage["cpu_system_seconds"]
+    assert 0.95 * truth <= cpu <= truth + 0.15, (cpu, truth)
     assert usage["enforced"]["memory_max"] is True
     assert usage["enforced"]["private_tmp"].startswith("not sent")
     assert jobs.processes("^sleep 4242") == []
@@ -58,3 +63,41 @@ def test_scope_stop_timeout_keeps_accounting(jobs):
     assert usage["signal"] == signal.SIGKILL
     assert usage["cpu_user_seconds"] + usage["cpu_system_seconds"] >= 0.3
     assert jobs.processes("^sleep 4246") == []
+
+
+def test_scope_unusable_working_directory_is_not_command_not_found(jobs):
+    """A scope's child reports which set-up stage failed: a chdir the job's user may not do is
+    a launch failure naming the directory (it used to say "command not executable")."""
+    private = jobs.work / "private"
+    private.mkdir(mode=0o700)
+    proc = jobs.shell(f"cd {private} && exec {CSD} run --scope --uid nobody -- /bin/true")
+    assert proc.returncode == 125, proc.stderr
+    assert proc.stderr == (f"condor-systemd: could not start the job: working directory "
+                           f"{private}: Permission denied\n")
+    assert jobs.leftovers() == ""
+
+
+def test_scope_wrapper_keeps_no_descriptor_of_finished_jobs(jobs):
+    """The public API run in one process, job after job (as a long-lived caller would): the
+    scope's pidfd, its pipes and the D-Bus connection's fds must not pile up."""
+    code = (
+        "import os, sys\n"
+        "from condor_systemd import cli\n"
+        "def fds():\n"
+        "    out = []\n"
+        "    for n in os.listdir('/proc/self/fd'):\n"
+        "        try:\n"
+        "            out.append(os.readlink(f'/proc/self/fd/{n}'))\n"
+        "        except FileNotFoundError:\n"
+        "            pass  # the directory listing's own fd\n"
+        "    return out\n"
+        "cli.main(['run', '--scope', '--', 'true'])\n"
+        "before = fds()\n"
+        "for _ in range(3):\n"
+        "    assert cli.main(['run', '--scope', '--', 'true']) == 0\n"
+        "after = fds()\n"
+        "print(len([f for f in after if 'pidfd' in f]), len(after) - len(before))\n")
+    proc = jobs.inside(sys.executable, "-c", code)  # the interpreter that has the package
+    assert proc.returncode == 0, proc.stderr
+    pidfds, growth = map(int, proc.stdout.split())
+    assert (pidfds, growth) == (0, 0), proc.stdout

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -15,7 +17,6 @@ from condor_systemd.backends.cgroupfs import (
     probe_layout,
     read_accounting,
     read_limits,
-    verify,
 )
 
 UNIT = "/condor.slice/condor-job-1.0.service"
@@ -107,9 +108,54 @@ def test_probe_first_cgroup2_mount_wins(tmp_path):
     assert _probe(tmp_path, text).unified == "/sys/fs/cgroup"
 
 
-def test_probe_this_host_does_not_crash():
+def _fs_type(path: str) -> str | None:
+    """statfs(2)'s f_type as coreutils names it: cgroup2fs, cgroupfs, tmpfs, ..."""
+    proc = subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True, text=True,
+                          timeout=30)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _v1_hierarchies() -> list[list[str]]:
+    """This process's cgroup v1 hierarchies, each a list of controllers (/proc/self/cgroup:
+    'ID:controllers:path'; ID 0 is the v2 tree)."""
+    with open("/proc/self/cgroup") as f:
+        lines = [line.rstrip("\n").split(":", 2) for line in f]
+    return [controllers.split(",") for hid, controllers, _path in lines if hid != "0"]
+
+
+def test_probe_this_host_agrees_with_statfs_and_proc():
+    """The host's real layout, read two other ways: the filesystem type of each mount point
+    (statfs, not mountinfo) and the hierarchies the kernel lists for this process."""
+    if shutil.which("stat") is None:
+        pytest.skip("coreutils' stat is not installed: no independent reading of the mounts")
+    top = _fs_type("/sys/fs/cgroup")
+    if top not in ("cgroup2fs", "tmpfs"):
+        pytest.skip(f"/sys/fs/cgroup is {top or 'missing'}: not a layout systemd mounts")
     layout = probe_layout()
-    assert layout.kind in ("unified", "hybrid", "legacy", "none")
+
+    if top == "cgroup2fs":
+        expected = "unified"
+    else:
+        v1 = any(_fs_type(os.path.join("/sys/fs/cgroup", d)) == "cgroupfs"
+                 for d in os.listdir("/sys/fs/cgroup"))
+        v2 = _fs_type("/sys/fs/cgroup/unified") == "cgroup2fs"
+        expected = "hybrid" if v1 and v2 else "legacy" if v1 else "unified" if v2 else "none"
+    assert layout.kind == expected
+
+    if layout.unified:
+        assert _fs_type(layout.unified) == "cgroup2fs", layout.unified
+    for controller, mount in layout.v1.items():
+        assert _fs_type(mount) == "cgroupfs", (controller, mount)
+
+    # v1: a hierarchy is mounted with all its controllers in one place, or not at all; and
+    # nothing else (a mount option, say) is taken for a controller
+    hierarchies = _v1_hierarchies()
+    for controllers in hierarchies:
+        mounts = {layout.v1.get(c) for c in controllers}
+        assert len(mounts) == 1, (controllers, mounts)
+    assert set(layout.v1) <= {c for controllers in hierarchies for c in controllers}
+    if layout.kind in ("hybrid", "legacy"):
+        assert layout.v1, "a v1 layout without controllers"
 
 
 def test_probe_mount_options_are_not_controllers(tmp_path):
@@ -217,7 +263,7 @@ def test_read_accounting_hybrid_cpuacct_fallback(tmp_path):
                      cpuacct={"cpuacct.stat": f"user {3 * hz}\nsystem {hz // 2}\n"})
     acct = read_accounting(layout, UNIT)
     assert acct.cpu_user_seconds == 3.0
-    assert acct.cpu_system_seconds == (hz // 2) / hz
+    assert acct.cpu_system_seconds == 0.5  # USER_HZ is even (100 on every Linux)
 
 
 def test_read_accounting_hybrid_missing_files_are_unknown(tmp_path):
@@ -297,25 +343,31 @@ UNIFIED = Layout("unified", "/sys/fs/cgroup", {})
 HYBRID = Layout("hybrid", "/sys/fs/cgroup/unified", {"memory": "/sys/fs/cgroup/memory"})
 
 
+def _rendered(asked: dict, actual: dict, layout: Layout) -> dict:
+    """verify()'s verdicts as the usage record shows them: true, or "kind: reason"."""
+    return {key: verdict.render() for key, verdict in cgroupfs.verify(asked, actual,
+                                                                      layout).items()}
+
+
 def test_verify_all_in_force():
     asked = {"memory_max": G2, "memory_high": G2 // 2, "cpu_quota_percent": 150.0,
              "allowed_cpus": "0-3,8", "io_weight": 200, "tasks_max": 100, "swap_max": 0}
     actual = {"memory_max": G2, "memory_high": G2 // 2, "cpu_quota_percent": 150.0,
               "allowed_cpus": (0, 1, 2, 3, 8), "io_weight": 200, "tasks_max": 100,
               "swap_max": 0}
-    assert verify(asked, actual, UNIFIED) == dict.fromkeys(asked, True)
+    assert _rendered(asked, actual, UNIFIED) == dict.fromkeys(asked, True)
 
 
 def test_verify_memory_within_a_page():
-    assert verify({"memory_max": G2}, {"memory_max": G2 - (PAGE - 1)}, UNIFIED) == \
+    assert _rendered({"memory_max": G2}, {"memory_max": G2 - (PAGE - 1)}, UNIFIED) == \
         {"memory_max": True}
-    assert verify({"memory_max": G2 + 1}, {"memory_max": G2}, UNIFIED) == {"memory_max": True}
-    result = verify({"memory_max": G2}, {"memory_max": G2 + PAGE}, UNIFIED)
+    assert _rendered({"memory_max": G2 + 1}, {"memory_max": G2}, UNIFIED) == {"memory_max": True}
+    result = _rendered({"memory_max": G2}, {"memory_max": G2 + PAGE}, UNIFIED)
     assert result == {"memory_max": f"not in force: asked {G2}, the cgroup has {G2 + PAGE}"}
 
 
 def test_verify_unlimited_is_not_in_force():
-    result = verify({"memory_max": G2, "cpu_quota_percent": 50.0},
+    result = _rendered({"memory_max": G2, "cpu_quota_percent": 50.0},
                     {"memory_max": UNLIMITED, "cpu_quota_percent": UNLIMITED}, UNIFIED)
     assert result == {
         "memory_max": f"not in force: asked {G2}, the cgroup has unlimited",
@@ -326,12 +378,12 @@ def test_verify_unlimited_is_not_in_force():
                          [(150.0, 151.4, True), (150.0, 148.5, True), (150.0, 152.0, False),
                           (10.0, 11.0, True), (10.0, 11.5, False), (0.5, 1.5, True)])
 def test_verify_cpu_quota_tolerance(want, have, ok):
-    result = verify({"cpu_quota_percent": want}, {"cpu_quota_percent": have}, UNIFIED)
+    result = _rendered({"cpu_quota_percent": want}, {"cpu_quota_percent": have}, UNIFIED)
     assert (result["cpu_quota_percent"] is True) == ok
 
 
 def test_verify_mismatches():
-    result = verify({"allowed_cpus": "0-3", "tasks_max": 100, "io_weight": 200},
+    result = _rendered({"allowed_cpus": "0-3", "tasks_max": 100, "io_weight": 200},
                     {"allowed_cpus": (0, 1), "tasks_max": 99, "io_weight": 100}, UNIFIED)
     assert result == {
         "allowed_cpus": "not in force: asked 0-3, the cgroup has (0, 1)",
@@ -340,7 +392,7 @@ def test_verify_mismatches():
 
 
 def test_verify_missing_on_unified():
-    result = verify({"memory_max": G2, "allowed_cpus": "0"}, {}, UNIFIED)
+    result = _rendered({"memory_max": G2, "allowed_cpus": "0"}, {}, UNIFIED)
     assert result == {
         "memory_max": "not enforced: no memory_max control file in the unit's cgroup "
                       "(controller not enabled?)",
@@ -349,7 +401,7 @@ def test_verify_missing_on_unified():
 
 
 def test_verify_missing_on_v1():
-    result = verify({"memory_high": G2, "swap_max": G2, "allowed_cpus": "0-1",
+    result = _rendered({"memory_high": G2, "swap_max": G2, "allowed_cpus": "0-1",
                      "io_weight": 100, "memory_max": G2, "tasks_max": 5}, {}, HYBRID)
     assert result["memory_high"] == "not enforced: cgroup v1 has no memory.high"
     assert result["swap_max"] == "not enforced: systemd sets swap limits only on cgroup v2"
@@ -366,18 +418,18 @@ def test_verify_missing_on_v1():
                          [(100, 500), (1, 10), (2, 10), (3, 15), (200, 1000), (10000, 1000),
                           (150, 750)])
 def test_verify_v1_io_weight_mapping(weight, blkio):
-    assert verify({"io_weight": weight}, {"io_weight": blkio}, HYBRID) == {"io_weight": True}
+    assert _rendered({"io_weight": weight}, {"io_weight": blkio}, HYBRID) == {"io_weight": True}
     # on cgroup v2 the weight is not mapped
-    assert verify({"io_weight": weight}, {"io_weight": weight}, UNIFIED) == {"io_weight": True}
+    assert _rendered({"io_weight": weight}, {"io_weight": weight}, UNIFIED) == {"io_weight": True}
 
 
 def test_verify_v1_io_weight_unmapped_value_is_a_mismatch():
-    result = verify({"io_weight": 100}, {"io_weight": 100}, HYBRID)
+    result = _rendered({"io_weight": 100}, {"io_weight": 100}, HYBRID)
     assert result == {"io_weight": "not in force: asked 100, the cgroup has 100"}
 
 
 def test_verify_empty():
-    assert verify({}, {"memory_max": 1}, UNIFIED) == {}
+    assert _rendered({}, {"memory_max": 1}, UNIFIED) == {}
 
 
 # -- processes -------------------------------------------------------------------------------

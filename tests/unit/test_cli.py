@@ -7,6 +7,7 @@ every launch fails before anything is started (asserted below, so a systemd host
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -174,18 +175,41 @@ def test_log_file_gets_the_error(tmp_path):
 # -- help ------------------------------------------------------------------------------------
 
 
-def test_run_help():
+def _options_in(text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", text))
+
+
+def _readme_options() -> set[str]:
+    """The first column of README's options table (section "Options (`condor-systemd run
+    --help`)")."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Options", 1)[1].split("\n\n", 2)[1]
+    cells = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| `")]
+    assert len(cells) > 10, "README's options table not found"
+    return _options_in("\n".join(re.findall(r"`([^`]*)`", "\n".join(cells))))
+
+
+def test_run_help_offers_exactly_the_options_readme_documents():
     proc = cli("run", "--help")
-    assert proc.returncode == 0
-    assert "--memory" in proc.stdout
-    assert "-- CMD [ARGS...]" in proc.stdout
-    assert proc.stderr == ""
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.startswith("usage: condor-systemd run [OPTIONS] -- CMD [ARGS...]\n")
+    # argparse heads the section "optional arguments:" before Python 3.10, "options:" after
+    options = re.split(r"\n(?:options|optional arguments):\n", proc.stdout, maxsplit=1)[1]
+    offered = {o for line in options.splitlines() if line.startswith("  -")
+               for o in _options_in(line.split("  ")[1])} - {"-h", "--help"}
+    assert offered == _readme_options()
 
 
-def test_top_level_help():
+def test_top_level_help_lists_the_verbs_and_each_works():
     proc = cli("--help")
-    assert proc.returncode == 0
-    assert "run" in proc.stdout
+    assert (proc.returncode, proc.stderr) == (0, "")
+    listed = proc.stdout.split("positional arguments:\n", 1)[1].split("\n\n", 1)[0]
+    verbs = [line.split()[0] for line in listed.splitlines() if line.startswith("    ")]
+    assert verbs == ["run", "probe"]  # the two README documents
+    for verb in verbs:
+        sub = cli(verb, "--help")
+        assert (sub.returncode, sub.stderr) == (0, ""), verb
+        assert sub.stdout.startswith(f"usage: condor-systemd {verb} "), sub.stdout
 
 
 # -- from options to a JobSpec (in process, nothing is started) ------------------------------
@@ -220,6 +244,34 @@ def test_spec_properties_override_options():
     assert spec.sandbox.private_tmp is False
     assert spec.sandbox.protect_system is None
     assert spec.properties == (("Nice", "5"),)
+
+
+GIB = 1024**3
+
+
+# README's options table: each option sets a unit property, and -p that property overrides it
+@pytest.mark.parametrize(
+    ("option", "prop", "field", "alone", "overridden"),
+    [
+        (["--cpus", "1"], "CPUQuota=150%", "limits.cpu_quota_percent", 100.0, 150.0),
+        (["--cpu-quota", "50%"], "CPUQuota=150%", "limits.cpu_quota_percent", 50.0, 150.0),
+        (["--memory", "1G"], "MemoryMax=2G", "limits.memory_max", GIB, 2 * GIB),
+        (["--memory-high", "1G"], "MemoryHigh=2G", "limits.memory_high", GIB, 2 * GIB),
+        (["--swap", "1G"], "MemorySwapMax=2G", "limits.swap_max", GIB, 2 * GIB),
+        (["--allowed-cpus", "0"], "AllowedCPUs=1-2", "limits.allowed_cpus", (0,), (1, 2)),
+        (["--io-weight", "100"], "IOWeight=300", "limits.io_weight", 100, 300),
+        (["--tasks-max", "10"], "TasksMax=20", "limits.tasks_max", 10, 20),
+        (["--private-tmp"], "PrivateTmp=no", "sandbox.private_tmp", True, False),
+        (["--private-users"], "PrivateUsers=no", "sandbox.private_users", True, False),
+        (["--protect-system"], "ProtectSystem=full", "sandbox.protect_system", "strict", "full"),
+    ],
+)
+def test_property_overrides_its_option(option, prop, field, alone, overridden):
+    group, name = field.split(".")
+    assert getattr(getattr(_spec(*option, "--", "true"), group), name) == alone
+    spec = _spec(*option, "-p", prop, "--", "true")
+    assert getattr(getattr(spec, group), name) == overridden
+    assert spec.properties == ()  # taken as the option's value, not also sent as given
 
 
 def test_spec_job_id_and_slot_from_ads(tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from condor_systemd.usage import KEYS, Usage
+from condor_systemd.usage import IN_FORCE, KEYS, NOT_ENFORCED, Usage, Verdict
 
 
 def _ad(text: str) -> dict[str, str]:
@@ -27,7 +27,7 @@ def _full() -> Usage:
         cpu_system_seconds=0.5, memory_peak_bytes=1024 * 1024 + 1, io_read_bytes=2048,
         io_write_bytes=1, tasks_peak=4,
         limits={"memory_max": 2 * 1024**3, "allowed_cpus": "0-3", "private_tmp": True},
-        enforced={"memory_max": True, "allowed_cpus": "not enforced: reason"},
+        enforced={"memory_max": IN_FORCE, "allowed_cpus": Verdict(NOT_ENFORCED, "reason")},
         cgroup_layout="unified", cgroup_controllers=["cpu", "io", "memory"],
         systemd_version=252)
 
@@ -38,7 +38,7 @@ def _full() -> Usage:
 def test_json_has_every_key_in_order():
     data = json.loads(_full().to_json())
     assert list(data) == list(KEYS)
-    assert set(KEYS) == set(Usage._fields)
+    assert set(KEYS) == set(Usage.__dataclass_fields__)
 
 
 def test_json_unknowns_are_null_not_zero():
@@ -89,6 +89,18 @@ def test_classad_htcondor_attributes_come_first():
         "MemoryUsage", "BlockReadKbytes", "BlockWriteKbytes", "ExitBySignal", "ExitCode",
         "ExitSignal"]
     assert all(line.startswith("CondorSystemd") for line in lines[10:])
+
+
+# HTCondor's job ClassAd attributes (HTCondor manual, "Job ClassAd Attributes"):
+# BlockReadKbytes / BlockWriteKbytes are KiB read from / written to disk, as whole numbers.
+@pytest.mark.parametrize(("nbytes", "kib"), [
+    (0, "0"), (1023, "1"), (1024, "1"), (10 * 1024**2, "10240"), (10 * 1024**2 + 1, "10241"),
+    (5 * 1024**3, "5242880")])
+def test_classad_block_kbytes_are_kib(nbytes, kib):
+    ad = _ad(Usage(unit="u", backend="systemd", job_id="1", io_read_bytes=nbytes,
+                   io_write_bytes=nbytes).to_classad())
+    assert ad["BlockReadKbytes"] == kib
+    assert ad["BlockWriteKbytes"] == kib
 
 
 @pytest.mark.parametrize(
@@ -162,10 +174,10 @@ def test_classad_empty_dicts_give_no_lines():
 
 def test_classad_strings_are_quoted_and_escaped():
     usage = Usage(unit="u", backend="systemd", job_id="1",
-                  enforced={"memory_max": 'asked "2G"\\ then\nmore'})
+                  enforced={"memory_max": Verdict(NOT_ENFORCED, 'asked "2G"\\ then\nmore')})
     text = usage.to_classad()
     ad = _ad(text)
-    assert ad["CondorSystemdEnforcedMemoryMax"] == '"asked \\"2G\\"\\\\ then more"'
+    assert ad["CondorSystemdEnforcedMemoryMax"] == '"not enforced: asked \\"2G\\"\\\\ then more"'
     assert text.count("\n") == len(ad)  # the newline did not split the attribute
 
 
@@ -190,3 +202,52 @@ def test_cgroup_controllers():
     empty = Usage(unit="u", backend="systemd", job_id="1")
     assert json.loads(empty.to_json())["cgroup_controllers"] == []
     assert _ad(empty.to_classad())["CondorSystemdCgroupControllers"] == '""'
+
+
+# -- records are independent -----------------------------------------------------------------
+
+
+def test_records_do_not_share_their_containers():
+    """A write to one record's limits/enforced/accuracy/controllers must not show in another
+    (NamedTuple defaults were one shared dict for every record)."""
+    first = Usage(unit=None, backend="psutil", job_id="1")
+    first.limits["memory_max"] = 1
+    first.enforced["memory_max"] = IN_FORCE
+    first.accuracy["cpu"] = "exact"
+    first.cgroup_controllers.append("memory")
+    second = Usage(unit=None, backend="psutil", job_id="2")
+    assert second.limits == {} and second.enforced == {}
+    assert second.accuracy == {} and second.cgroup_controllers == []
+
+
+# -- verdicts --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("verdict", "rendered"), [
+    (IN_FORCE, True),
+    (Verdict("approximate", "a watchdog"), "approximate: a watchdog"),
+    (Verdict("not sent", "systemd 252 lacks X"), "not sent: systemd 252 lacks X"),
+    (Verdict("not in force", "asked 1, has 2"), "not in force: asked 1, has 2"),
+    (Verdict("off", "the command under /tmp"), "off: the command under /tmp"),
+    (Verdict("unknown", "no cgroup"), "unknown: no cgroup"),
+])
+def test_verdicts_render_as_documented(verdict, rendered):
+    """README: `true`, or a string saying why not, starting with its kind."""
+    data = json.loads(Usage(unit=None, backend="x", job_id="1",
+                            enforced={"k": verdict}).to_json())
+    assert data["enforced"]["k"] == rendered
+
+
+def test_verdict_kinds_are_checked_and_raw_values_refused():
+    with pytest.raises(ValueError, match="unknown verdict kind"):
+        Verdict("enforced-ish", "x")
+    with pytest.raises(TypeError, match="Verdicts"):
+        Usage(unit=None, backend="x", job_id="1", enforced={"k": True}).to_json()
+
+
+@pytest.mark.parametrize(("raw", "type_name"), [(True, "bool"), ("approximate: x", "str")])
+def test_a_raw_verdict_is_named_by_its_type(raw, type_name):
+    """The old raw forms (true, "kind: why" strings) are refused, and the error says which."""
+    with pytest.raises(TypeError) as info:
+        Usage(unit=None, backend="x", job_id="1", enforced={"k": raw}).to_classad()
+    assert str(info.value) == f"enforced values are Verdicts, not {type_name}"

@@ -1,0 +1,253 @@
+"""Break the code by hand, the way a reviewer would, and check that a test fails each time.
+
+    .venv/bin/python -m tests.breakages [--only SUBSTRING] [--list]
+
+Each breakage is one textual change to the product (a figure doubled or halved, a field fixed,
+a timing claim turned into "after the stop timeout", a kill left out). For each, the checkout is
+copied (tests and all, as they are in the work tree) to a scratch directory under /tmp, the
+change is applied there, and the tests that guard it run against the copy (PYTHONPATH points
+at it, so the wrapper the tests start imports the broken code too). A breakage SURVIVES when
+those tests still pass: that is a hole in the suite. First the same tests run on an unbroken
+copy, which must pass, or the verdicts would mean nothing. Exit status: 0 when every breakage
+was caught, 1 when any survived or could not be applied (the code it targets moved: update
+the list). Needs root and the sandbox, like the real-systemd tests; takes a few minutes.
+
+Mutation testing (mutmut, see README) covers the pure modules mechanically; this list covers
+what mutmut cannot reach: every field of the usage record and every timing claim, end to end
+on both backends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parent.parent
+REC = "tests/behaviour/test_record.py::"
+ACC = "tests/behaviour/test_accounting.py::"
+KILL = "tests/behaviour/test_kill.py::"
+
+
+class Breakage(NamedTuple):
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+SD, PS = "[systemd]", "[psutil]"
+SYSTEMD, FALLBACK = "condor_systemd/backends/systemd.py", "condor_systemd/backends/fallback.py"
+CGROUPFS, RUNNER = "condor_systemd/backends/cgroupfs.py", "condor_systemd/runner.py"
+
+BREAKAGES = (
+    # -- the review's four --------------------------------------------------------------------
+    Breakage("wall_seconds x10, systemd", SYSTEMD,
+             "wall = (exited - started) / 1e6", "wall = (exited - started) / 1e5",
+             (REC + "test_wall_seconds_between_the_jobs_own_clock_and_the_tests" + SD,)),
+    Breakage("wall_seconds x10, fallback", FALLBACK,
+             "wall_seconds=round(self.ended - self.started, 6)",
+             "wall_seconds=round(10 * (self.ended - self.started), 6)",
+             (REC + "test_wall_seconds_between_the_jobs_own_clock_and_the_tests" + PS,)),
+    Breakage("tasks_peak fixed at 1, systemd", SYSTEMD,
+             "tasks_peak=acct.tasks_peak", "tasks_peak=1",
+             (REC + "test_tasks_peak_is_the_number_of_processes_held_at_once" + SD,)),
+    Breakage("tasks_peak fixed at 1, fallback", FALLBACK,
+             "tasks_peak=max(self.family.tasks_peak, 1)", "tasks_peak=1",
+             (REC + "test_tasks_peak_is_the_number_of_processes_held_at_once" + PS,)),
+    Breakage("escaped processes' CPU counted three times, fallback",
+             "condor_systemd/backends/family.py",
+             "return user / TICK, system / TICK", "return 3 * user / TICK, 3 * system / TICK",
+             ("tests/fallback/test_fallback.py::"
+              "test_a_process_outside_the_tree_is_found_by_its_token_and_killed",)),
+    Breakage("leftovers not SIGKILLed when the main process ends, systemd", SYSTEMD,
+             'self.log.info("main process ended: killing the processes it left behind")\n'
+             "            self.kill_all_but_holder()",
+             'self.log.info("main process ended: killing the processes it left behind")',
+             (KILL + "test_escaped_processes_die_at_once_when_the_main_process_exits" + SD,)),
+    # -- the same kind, for every record field ----------------------------------------------
+    Breakage("wall_seconds x2, systemd", SYSTEMD,
+             "wall = (exited - started) / 1e6", "wall = (exited - started) / 5e5",
+             (REC + "test_wall_seconds_between_the_jobs_own_clock_and_the_tests" + SD,)),
+    Breakage("wall_seconds halved, fallback", FALLBACK,
+             "wall_seconds=round(self.ended - self.started, 6)",
+             "wall_seconds=round((self.ended - self.started) / 2, 6)",
+             (REC + "test_wall_seconds_between_the_jobs_own_clock_and_the_tests" + PS,)),
+    Breakage("CPU user x2, systemd (cpu.stat)", CGROUPFS,
+             'user, system = stat["user_usec"] / 1e6, stat["system_usec"] / 1e6',
+             'user, system = stat["user_usec"] / 5e5, stat["system_usec"] / 1e6',
+             (ACC + "test_cpu_user_and_system_of_short_lived_children" + SD,)),
+    Breakage("CPU user and system swapped, systemd", CGROUPFS,
+             'user, system = stat["user_usec"] / 1e6, stat["system_usec"] / 1e6',
+             'system, user = stat["user_usec"] / 1e6, stat["system_usec"] / 1e6',
+             (ACC + "test_cpu_user_and_system_of_short_lived_children" + SD,)),
+    Breakage("CPU system halved, fallback", FALLBACK,
+             "system = after.ru_stime - before.ru_stime + escaped_system",
+             "system = (after.ru_stime - before.ru_stime) / 2 + escaped_system",
+             (ACC + "test_cpu_user_and_system_of_short_lived_children" + PS,)),
+    Breakage("an escaped daemon's CPU counted twice, fallback", FALLBACK,
+             "user = after.ru_utime - before.ru_utime + escaped_user",
+             "user = after.ru_utime - before.ru_utime + escaped_user + 0.5",
+             (ACC + "test_cpu_of_an_escaped_daemon" + PS,)),
+    Breakage("peak memory x2, systemd on v1 (memory.max_usage_in_bytes)", CGROUPFS,
+             'peak = _int(_path(mem, "memory.max_usage_in_bytes"))',
+             'peak = 2 * (_int(_path(mem, "memory.max_usage_in_bytes")) or 0)',
+             (ACC + "test_peak_memory_of_a_known_allocation" + SD,)),
+    Breakage("peak memory halved, fallback", FALLBACK,
+             "peak = max(self.family.rss_peak, largest) or None",
+             "peak = max(self.family.rss_peak, largest) // 2 or None",
+             (ACC + "test_peak_memory_of_a_known_allocation" + PS,)),
+    Breakage("burst: the fallback claims the sum it cannot see", FALLBACK,
+             "peak = max(self.family.rss_peak, largest) or None",
+             "peak = 2 * max(self.family.rss_peak, largest) or None",
+             (ACC + "test_peak_memory_of_a_burst_between_samples" + PS,)),
+    Breakage("IO bytes x2, fallback", FALLBACK,
+             "io = {key: (io_after[key] - self.io_before[key]",
+             "io = {key: (2 * (io_after[key] - self.io_before[key])",
+             (REC + "test_io_bytes_read_from_disk_and_written" + PS,)),
+    Breakage("IO read bytes not counted, fallback", FALLBACK,
+             'memory_peak_bytes=peak, io_read_bytes=io["read_bytes"],',
+             'memory_peak_bytes=peak, io_read_bytes=0,',
+             (REC + "test_io_bytes_read_from_disk_and_written" + PS,)),
+    Breakage("exit code off by one in the record, systemd", SYSTEMD,
+             "exit_code = status if code == CLD_EXITED else None",
+             "exit_code = status + 1 if code == CLD_EXITED else None",
+             (REC + "test_exit_code_and_signal_fields" + SD,)),
+    Breakage("signal recorded as an exit code, fallback", FALLBACK,
+             "exit_code=None if signum else exit_code, signal=signum,",
+             "exit_code=exit_code, signal=signum,",
+             (REC + "test_exit_code_and_signal_fields" + PS,)),
+    Breakage("every job reported OOM-killed, systemd", SYSTEMD,
+             "oom = None if acct.oom_kills is None else acct.oom_kills > 0",
+             "oom = None if acct.oom_kills is None else acct.oom_kills >= 0",
+             (REC + "test_exit_code_and_signal_fields" + SD,)),
+    # -- timing claims --------------------------------------------------------------------------
+    Breakage("stop grace doubled", RUNNER,
+             "deadline = time.monotonic() + spec.stop_timeout",
+             "deadline = time.monotonic() + 2 * spec.stop_timeout",
+             (KILL + "test_sigterm_reaches_every_process_and_escapees_die" + SD,
+              KILL + "test_sigterm_reaches_every_process_and_escapees_die" + PS)),
+    Breakage("stop grace not given", RUNNER,
+             "deadline = time.monotonic() + spec.stop_timeout",
+             "deadline = time.monotonic()",
+             (KILL + "test_sigterm_reaches_every_process_and_escapees_die" + SD,
+              KILL + "test_sigterm_reaches_every_process_and_escapees_die" + PS)),
+    Breakage("forwarded signals not delivered", RUNNER,
+             "                        job.send_signal(signum)\n",
+             "                        pass\n",
+             (KILL + "test_usr1_is_forwarded_to_every_process_within_a_second" + SD,
+              KILL + "test_usr1_is_forwarded_to_every_process_within_a_second" + PS)),
+)
+
+
+def copy_checkout(dest: Path) -> None:
+    """The work tree as it is (tracked and untracked files, not ignored ones) into dest."""
+    listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=ROOT,
+                            check=True, capture_output=True).stdout.split(b"\0")
+    for name in filter(None, listed):
+        src = ROOT / os.fsdecode(name)
+        if src.is_file():
+            target = dest / os.fsdecode(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+
+
+def pytest_selection(tests: tuple[str, ...]) -> list[str]:
+    """"file::name[backend]" -> the files and a -k expression (parametrised names carry more
+    in their brackets, e.g. test_x[systemd-exit 7])."""
+    files, terms = [], []
+    for test in tests:
+        path, _, name = test.partition("::")
+        files.append(path)
+        base, _, backend = name.partition("[")
+        backend = backend.rstrip("]")
+        terms.append(f"({base} and {backend})" if backend else base)
+    return [*dict.fromkeys(files), "-k", " or ".join(terms)]
+
+
+def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int, str]:
+    env = dict(os.environ, PYTHONPATH=str(copy))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--no-header", "-rfE", *pytest_selection(tests)], cwd=copy, env=env,
+                          capture_output=True, text=True)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def verdict_of(status: int, output: str) -> tuple[str, str]:
+    """caught only when a guarding test FAILED on an assertion (not an error in set-up or
+    collection, which would catch anything); the first failure's message as evidence."""
+    failed = [line for line in output.splitlines() if line.startswith("FAILED ")]
+    errors = [line for line in output.splitlines() if line.startswith("ERROR ")]
+    if status == 0:
+        return "SURVIVED", ""
+    if status == 1 and failed and not errors:
+        return "caught", failed[0][len("FAILED "):]
+    return f"error (pytest {status})", (errors or failed or [""])[0]
+
+
+def apply(copy: Path, breakage: Breakage) -> str | None:
+    """Apply the change in the copy; the reason it cannot be applied, if so."""
+    path = copy / breakage.path
+    text = path.read_text()
+    count = text.count(breakage.old)
+    if count != 1:
+        return f"the code it breaks is found {count} times in {breakage.path}"
+    path.write_text(text.replace(breakage.old, breakage.new))
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="", help="only breakages whose name contains this")
+    parser.add_argument("--list", action="store_true", help="list the breakages and stop")
+    args = parser.parse_args()
+    chosen = [b for b in BREAKAGES if args.only in b.name]
+    if args.list:
+        for b in chosen:
+            print(f"{b.name}: {b.path}")
+        return 0
+    scratch = Path(tempfile.mkdtemp(prefix="csd-breakages-", dir="/tmp"))
+    try:
+        control = scratch / "control"
+        copy_checkout(control)
+        all_tests = tuple(dict.fromkeys(t for b in chosen for t in b.tests))
+        status, output = run_tests(control, all_tests)
+        if status != 0:
+            print(output[-3000:])
+            print("the guarding tests fail on the unbroken code: fix that first")
+            return 1
+        bad = 0
+        for n, breakage in enumerate(chosen):
+            copy = scratch / f"b{n}"
+            copy_checkout(copy)
+            start = time.monotonic()
+            problem = apply(copy, breakage)
+            if problem is None:
+                status, output = run_tests(copy, breakage.tests)
+                verdict, evidence = verdict_of(status, output)
+            else:
+                verdict, evidence = f"NOT APPLIED: {problem}", ""
+            took = time.monotonic() - start
+            print(f"{verdict:>10s}  {breakage.name}  ({took:.1f} s)", flush=True)
+            if evidence:
+                print(f"            {evidence[:160]}", flush=True)
+            if verdict != "caught":
+                bad += 1
+                if problem is None:
+                    print("\n".join("            " + line for line in output.splitlines()[-8:]))
+            shutil.rmtree(copy, ignore_errors=True)
+        print(f"{len(chosen) - bad} of {len(chosen)} breakages caught")
+        return 1 if bad else 0
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
