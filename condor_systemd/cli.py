@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Callable, NoReturn
 
 from . import jobad
 from .errors import CondorSystemdError, LaunchError, UsageError
+from .exits import WRAPPER_ERROR_FILE, die_by_signal, tell_htcondor, write_file_atomically
 from .log import Log
 from .spec import (
     PROTECT_SYSTEM_VALUES,
@@ -34,10 +34,6 @@ from .spec import (
     parse_size,
     resolve_command,
 )
-
-WRAPPER_ERROR_FILE = "_CONDOR_WRAPPER_ERROR_FILE"
-CORE_SIGNALS = {signal.SIGQUIT, signal.SIGILL, signal.SIGABRT, signal.SIGFPE, signal.SIGSEGV,
-                signal.SIGBUS, signal.SIGSYS, signal.SIGTRAP, signal.SIGXCPU, signal.SIGXFSZ}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="condor-systemd",
                      description="Run HTCondor jobs as transient systemd units.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    # no abbreviations: the thin client (launch.py) recognises --backend psutil exactly
     run = verbs.add_parser("run", help="run a job: condor-systemd run [OPTIONS] -- CMD [ARGS...]",
-                           usage="condor-systemd run [OPTIONS] -- CMD [ARGS...]")
+                           usage="condor-systemd run [OPTIONS] -- CMD [ARGS...]",
+                           allow_abbrev=False)
     add = run.add_argument
     add("--name", metavar="ID", type=_typed(check_job_id),
         help="unit condor-job-ID.service (default: ClusterId.ProcId from $_CONDOR_JOB_AD)")
@@ -75,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cpu-quota", metavar="PCT", type=_typed(parse_percent), help="CPUQuota, e.g. 150%%")
     add("--memory", metavar="SIZE", type=_typed(parse_size), help="MemoryMax, e.g. 2G")
     add("--memory-high", metavar="SIZE", type=_typed(parse_size), help="MemoryHigh")
-    add("--swap", metavar="SIZE", type=_typed(parse_size), help="MemorySwapMax")
+    add("--swap", metavar="SIZE", type=_typed(lambda text: parse_size(text, allow_zero=True)),
+        help="MemorySwapMax (0: no swap)")
     add("--allowed-cpus", metavar="LIST", type=_typed(parse_cpu_list), help="e.g. 0-3,8")
     add("--io-weight", metavar="N", type=_int_range("IO weight", 1, 10000), help="1-10000")
     add("--tasks-max", metavar="N", type=_int_range("tasks limit", 1, 2**62), help="TasksMax")
@@ -161,7 +160,7 @@ def _limit_value(name: str, text: str) -> object:
         return parse_cpu_list(text)
     if name in ("IOWeight", "TasksMax"):
         return parse_int(text, name, 1, 2**62)
-    return parse_size(text)
+    return parse_size(text, allow_zero=name == "MemorySwapMax")
 
 
 def _check_identity(user: str | None, group: str | None) -> None:
@@ -190,39 +189,9 @@ def _stdio() -> tuple[int, int, int]:
 
 
 def _write_usage(path: str, text: str, log: Log) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.error(f"cannot write usage file {path}: {exc.strerror}")
-
-
-def _tell_htcondor(environ: dict[str, str], message: str) -> None:
-    path = environ.get(WRAPPER_ERROR_FILE)
-    if path:
-        try:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(f"condor-systemd: {message}\n")
-        except OSError:
-            pass
-
-
-def _die_by_signal(signum: int) -> int:
-    """Make our parent see 'killed by signum', as it would for the job itself."""
-    if signum in CORE_SIGNALS:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the job's core, not the wrapper's
-    try:
-        if signum not in (signal.SIGKILL, signal.SIGSTOP):  # those cannot be caught anyway
-            signal.signal(signum, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
-        os.kill(os.getpid(), signum)
-    except (OSError, ValueError):
-        pass
-    return 128 + signum  # a signal that does not kill (e.g. SIGCHLD): report it shell-style
+    failed = write_file_atomically(path, text)
+    if failed:
+        log.error(f"cannot write usage file {path}: {failed}")
 
 
 def _probe(choice: str) -> int:
@@ -257,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"condor-systemd: {message}", file=sys.stderr)
         log.error(message)
         if isinstance(exc, LaunchError):
-            _tell_htcondor(environ, message)
+            tell_htcondor(environ, message)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -273,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = usage.to_classad() if args.usage_format == "classad" else usage.to_json()
         _write_usage(args.usage_file, text, log)
     if usage.signal:
-        return _die_by_signal(usage.signal)
+        return die_by_signal(usage.signal)
     if usage.exit_code is None:
         log.error("the job's exit status is unknown")
         return 125

@@ -7,7 +7,9 @@ evaluator: expressions are ignored.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (the thin client imports this module: no collections.abc at run time)
+    from collections.abc import Mapping
 
 
 def read_ad(path: str) -> dict[str, str]:

@@ -7,12 +7,14 @@ dataclasses: importing dataclasses pulls in inspect (~9 ms), paid again by every
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from .errors import CommandNotExecutable, CommandNotFound, UsageError
+from .command import resolve_command
+from .errors import UsageError
+
+__all__ = ["resolve_command"]  # (it lives in command.py, which the thin client imports alone)
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B?)\s*", re.IGNORECASE)
 _UNIT_POWER = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
@@ -25,17 +27,21 @@ MAX_PERCENT = 100.0 * (MAX_CPU + 1)
 PROTECT_SYSTEM_VALUES = ("yes", "full", "strict")
 
 
-def parse_size(text: str) -> int:
-    """'2G', '512MiB', '1.5g', '1048576' -> bytes. K/M/G/T/P are powers of 1024, as in systemd."""
+def parse_size(text: str, allow_zero: bool = False) -> int:
+    """'2G', '512MiB', '1.5g', '1048576' -> bytes. K/M/G/T/P are powers of 1024, as in systemd.
+    Zero only where it means something (MemorySwapMax=0: no swap)."""
     m = _SIZE.fullmatch(text)
     if not m or (m.group(3) and m.group(3).upper() not in ("B", "IB")):
         raise UsageError(f"'{text}' is not a size (use bytes or a K/M/G/T suffix, e.g. 512M, 2G)")
-    value = float(m.group(1)) * 1024 ** _UNIT_POWER[m.group(2).upper()]
-    if value < 1:
-        raise UsageError(f"size '{text}' must be more than zero")
+    number, power = m.group(1), 1024 ** _UNIT_POWER[m.group(2).upper()]
+    # whole numbers stay exact: a float would round sizes above 2**53
+    value = int(number) * power if number.isdigit() else int(float(number) * power)
+    if value < (0 if allow_zero else 1):
+        raise UsageError(f"size '{text}' must be {'zero or ' if allow_zero else ''}more "
+                         "than zero")
     if value > MAX_SIZE:
         raise UsageError(f"size '{text}' is too large")
-    return int(value)
+    return value
 
 
 def parse_percent(text: str) -> float:
@@ -222,24 +228,3 @@ class JobSpec(_JobSpecFields):
         if len(command) > 120:
             command = command[:117] + "..."
         return f"HTCondor job {self.job_id}{where}: {command}"
-
-
-def resolve_command(command: str, environment: Mapping[str, str], cwd: str) -> str:
-    """The absolute path the job's argv[0] names, searched in the job's own PATH like a shell."""
-    if "/" in command:
-        candidates = [os.path.join(cwd, command)]
-    else:
-        search = environment.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-        candidates = [os.path.join(d or ".", command) for d in search.split(":")]
-        candidates = [c if os.path.isabs(c) else os.path.join(cwd, c) for c in candidates]
-    found_unexecutable = None
-    for path in candidates:
-        if os.path.isfile(path):
-            if os.access(path, os.X_OK):
-                return os.path.normpath(path)
-            found_unexecutable = found_unexecutable or path
-        elif os.path.isdir(path) and "/" in command:
-            raise CommandNotExecutable(f"{command}: is a directory")
-    if found_unexecutable:
-        raise CommandNotExecutable(f"{command}: permission denied (not executable)")
-    raise CommandNotFound(f"{command}: command not found")

@@ -53,7 +53,7 @@ def probe_layout(mountinfo: str = "/proc/self/mountinfo") -> Layout:
         parts = right.split()
         if len(parts) < 3:
             continue
-        fstype, opts, mnt = parts[0], parts[2], left.split()[4]
+        fstype, opts, mnt = parts[0], parts[2], _unescape(left.split()[4])
         if fstype == "cgroup2" and unified is None:
             unified = mnt
         elif fstype == "cgroup":
@@ -66,6 +66,22 @@ def probe_layout(mountinfo: str = "/proc/self/mountinfo") -> Layout:
     if v1:
         return Layout("hybrid" if unified else "legacy", unified, v1)
     return Layout("none", None, {})
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash in paths as octal escapes (\\040)."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        code = field[i + 1:i + 4]
+        if field[i] == "\\" and len(code) == 3 and all(c in "01234567" for c in code):
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
 
 
 def _read(path: str | None) -> str | None:

@@ -44,6 +44,11 @@ def _size_or_infinity(text: str) -> int:
     return UINT64_MAX if text.strip() == "infinity" else parse_size(text)
 
 
+def _size_zero_or_infinity(text: str) -> int:
+    """Where 0 means something: MemorySwapMax=0 is no swap, MemoryLow=0 no protection."""
+    return UINT64_MAX if text.strip() == "infinity" else parse_size(text, allow_zero=True)
+
+
 def _count_or_infinity(text: str) -> int:
     return UINT64_MAX if text.strip() == "infinity" else parse_int(text, "value", 1, 2**63 - 1)
 
@@ -92,6 +97,15 @@ def _words(text: str) -> list[str]:
     return text.split()
 
 
+def _paths(text: str) -> list[str]:
+    """Absolute paths, as systemd requires (a leading '-' marks one that may be missing)."""
+    paths = text.split()
+    for path in paths:
+        if not path.lstrip("-+").startswith("/") or "\0" in path:
+            raise UsageError(f"'{path}' is not an absolute path")
+    return paths
+
+
 def cpu_quota_usec(percent: float) -> int:
     """CPUQuota=150% is sent as CPUQuotaPerSecUSec=1500000 (CPU time per second of wall time)."""
     return max(1, round(percent * USEC / 100))
@@ -117,10 +131,10 @@ TABLE: dict[str, Prop] = {
     "AllowedMemoryNodes": Prop("AllowedMemoryNodes", "ay", _allowed_cpus, 244),
     "MemoryMax": Prop("MemoryMax", "t", _size_or_infinity, 231),
     "MemoryHigh": Prop("MemoryHigh", "t", _size_or_infinity, 231),
-    "MemoryLow": Prop("MemoryLow", "t", _size_or_infinity, 231),
-    "MemoryMin": Prop("MemoryMin", "t", _size_or_infinity, 240),
-    "MemorySwapMax": Prop("MemorySwapMax", "t", _size_or_infinity, 232),
-    "MemoryZSwapMax": Prop("MemoryZSwapMax", "t", _size_or_infinity, 253),
+    "MemoryLow": Prop("MemoryLow", "t", _size_zero_or_infinity, 231),
+    "MemoryMin": Prop("MemoryMin", "t", _size_zero_or_infinity, 240),
+    "MemorySwapMax": Prop("MemorySwapMax", "t", _size_zero_or_infinity, 232),
+    "MemoryZSwapMax": Prop("MemoryZSwapMax", "t", _size_zero_or_infinity, 253),
     "IOWeight": Prop("IOWeight", "t", _weight, 230),
     "TasksMax": Prop("TasksMax", "t", _count_or_infinity, 227),
     "CPUAccounting": Prop("CPUAccounting", "b", _bool, 208),
@@ -145,9 +159,9 @@ TABLE: dict[str, Prop] = {
     "ProtectProc": Prop("ProtectProc", "s", _choice("noaccess", "invisible", "ptraceable",
                                                     "default"), 247, services_only=True),
     "NoNewPrivileges": Prop("NoNewPrivileges", "b", _bool, 232, services_only=True),
-    "ReadWritePaths": Prop("ReadWritePaths", "as", _words, 231, services_only=True),
-    "ReadOnlyPaths": Prop("ReadOnlyPaths", "as", _words, 231, services_only=True),
-    "InaccessiblePaths": Prop("InaccessiblePaths", "as", _words, 231, services_only=True),
+    "ReadWritePaths": Prop("ReadWritePaths", "as", _paths, 231, services_only=True),
+    "ReadOnlyPaths": Prop("ReadOnlyPaths", "as", _paths, 231, services_only=True),
+    "InaccessiblePaths": Prop("InaccessiblePaths", "as", _paths, 231, services_only=True),
     "Nice": Prop("Nice", "i", lambda t: parse_int(t, "nice value", -20, 19), 209,
                  services_only=True),
     "RuntimeMaxSec": Prop("RuntimeMaxUSec", "t", _usec, 229, services_only=True),

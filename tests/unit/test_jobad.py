@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from condor_systemd.jobad import job_id_from_env, read_ad, slot_from_env
@@ -147,3 +151,32 @@ def test_slot_from_env_nothing_known(tmp_path):
     assert slot_from_env({"_CONDOR_MACHINE_AD": str(tmp_path / "missing")}) is None
     machine = _ad_file(tmp_path, "Cpus = 4\n", "machine.ad")
     assert slot_from_env({"_CONDOR_MACHINE_AD": machine}) is None
+
+
+# -- ClassAd string literals and encoding ----------------------------------------------------
+
+
+def test_read_ad_empty_string_literal_is_empty(tmp_path):
+    # ClassAd syntax: "" is the empty string (an unset Owner-like attribute), not two quotes
+    path = _ad_file(tmp_path, 'AcctGroup = ""\nOwner = "a"\n')
+    assert read_ad(path) == {"acctgroup": "", "owner": "a"}
+
+
+# The starter writes the ad as UTF-8 (ClassAd strings are UTF-8); the wrapper may run with any
+# locale the execute node has, e.g. none at all (C/POSIX: ASCII) when Python's UTF-8 mode and
+# locale coercion are off.
+UTF8_AD = 'Owner = "José"\nCmd = "/home/josé/日本/job"\nClusterId = 7\nProcId = 1\n'
+
+
+def test_read_ad_is_utf8_whatever_the_locale(tmp_path):
+    path = tmp_path / ".job.ad"
+    path.write_bytes(UTF8_AD.encode("utf-8"))
+    assert read_ad(str(path))["owner"] == "José"  # here, under the test runner's locale
+    script = ("import sys; from condor_systemd.jobad import read_ad; "
+              "ad = read_ad(sys.argv[1]); print(ascii((ad['owner'], ad['cmd'])))")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0",
+           "PYTHONCOERCECLOCALE": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ascii(("José", "/home/josé/日本/job"))

@@ -24,6 +24,7 @@ from condor_systemd.spec import (
     parse_cpu_count,
     parse_cpu_list,
     parse_int,
+    parse_interval,
     parse_percent,
     parse_seconds,
     parse_size,
@@ -65,6 +66,16 @@ def test_parse_size_refuses_with_the_text_in_the_message(text):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("text", ["16384P", "16777216T", "18446744073709551616"])
+def test_parse_size_refuses_what_no_uint64_holds(text):
+    """2**64 bytes and more: systemd's sizes travel as D-Bus 't' (uint64); refused up front,
+    naming the value, not turned into a failure when the unit is created."""
+    with pytest.raises(UsageError) as info:
+        parse_size(text)
+    assert f"'{text}'" in str(info.value)
+    assert "too large" in str(info.value)
+
+
 def test_parse_size_result_is_int():
     assert isinstance(parse_size("1.5K"), int)
     assert parse_size("1.5K") == 1536
@@ -87,6 +98,33 @@ def test_parse_percent_refuses(text):
     with pytest.raises(UsageError) as info:
         parse_percent(text)
     assert f"'{text}'" in str(info.value)
+
+
+# The largest machine Linux builds for has 8192 CPUs (arch/x86/Kconfig: NR_CPUS up to 8192 with
+# MAXSMP), numbered 0-8191. README: --cpus N is CPUQuota=N*100%, and --allowed-cpus takes CPU
+# numbers: all three options must accept that machine whole, and nothing beyond it.
+LARGEST_MACHINE_CPUS = 8192
+
+
+def test_cpu_options_accept_the_largest_machine_whole():
+    assert parse_cpu_list(f"0-{LARGEST_MACHINE_CPUS - 1}") == tuple(range(LARGEST_MACHINE_CPUS))
+    assert parse_cpu_count(str(LARGEST_MACHINE_CPUS)) == LARGEST_MACHINE_CPUS
+    assert parse_percent(f"{LARGEST_MACHINE_CPUS * 100}%") == LARGEST_MACHINE_CPUS * 100
+
+
+@pytest.mark.parametrize("text", [str(LARGEST_MACHINE_CPUS + 1), f"{LARGEST_MACHINE_CPUS}.5"])
+def test_parse_cpu_count_refuses_more_cpus_than_any_machine(text):
+    with pytest.raises(UsageError) as info:
+        parse_cpu_count(text)
+    assert f"number of CPUs '{text}' is too large" == str(info.value)
+
+
+@pytest.mark.parametrize("text", [f"{LARGEST_MACHINE_CPUS * 100 + 1}%",
+                                  f"{LARGEST_MACHINE_CPUS * 100}.5"])
+def test_parse_percent_refuses_more_cpus_than_any_machine(text):
+    with pytest.raises(UsageError) as info:
+        parse_percent(text)
+    assert str(info.value) == f"percentage '{text}' is more than {LARGEST_MACHINE_CPUS} CPUs"
 
 
 @pytest.mark.parametrize(("text", "expected"), [("2", 2.0), ("0.5", 0.5), ("16", 16.0)])
@@ -188,6 +226,34 @@ def test_parse_seconds_accepts(text, expected):
 def test_parse_seconds_refuses(text):
     with pytest.raises(UsageError) as info:
         parse_seconds(text)
+    assert f"'{text}'" in str(info.value)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("3600", 3600.0), ("86400", 86400.0),
+                                                ("604800", 604800.0)])
+def test_parse_seconds_accepts_hours_days_and_weeks(text, expected):
+    # --stop-timeout and RuntimeMaxSec= of real jobs: an hour, a day, a week
+    assert parse_seconds(text) == expected
+
+
+# README: --sample-interval SECONDS, "0.05-3600", both ends included
+@pytest.mark.parametrize(("text", "expected"), [("0.05", 0.05), ("1", 1.0), ("3600", 3600.0)])
+def test_parse_interval_accepts_the_documented_range(text, expected):
+    assert parse_interval(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0.049", "0", "3600.5", "3601", "86400"])
+def test_parse_interval_refuses_outside_the_documented_range(text):
+    with pytest.raises(UsageError) as info:
+        parse_interval(text)
+    assert str(info.value) == \
+        f"sampling interval '{text}' must be between 0.05 and 3600 seconds"
+
+
+@pytest.mark.parametrize("text", ["-1", "abc", ""])
+def test_parse_interval_refuses_what_is_not_seconds(text):
+    with pytest.raises(UsageError) as info:
+        parse_interval(text)
     assert f"'{text}'" in str(info.value)
 
 
@@ -403,3 +469,17 @@ def test_resolve_command_directory_in_path_is_skipped(tmp_path):
 def test_resolve_command_default_path_when_unset():
     # /bin/sh exists everywhere this runs; with no PATH the shell default is searched
     assert resolve_command("sh", {}, "/") in ("/usr/local/bin/sh", "/usr/bin/sh", "/bin/sh")
+
+
+def test_zero_size_only_where_it_means_something():
+    """systemd takes MemorySwapMax=0 (no swap: HTCondor's DISABLE_SWAP_FOR_JOB); a zero memory
+    limit would kill the job at its first page, so --memory 0 stays refused."""
+    assert parse_size("0", allow_zero=True) == 0
+    assert parse_size("0G", allow_zero=True) == 0
+    with pytest.raises(UsageError, match="must be more than zero"):
+        parse_size("0")
+
+
+def test_whole_sizes_are_exact_beyond_float_precision():
+    assert parse_size("9007199254740993") == 2**53 + 1  # a float would give 2**53
+    assert parse_size("9223372036854775807") == 2**63 - 1

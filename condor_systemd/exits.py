@@ -1,0 +1,52 @@
+"""How the wrapper ends: the job's status passed on, the usage file, HTCondor's error file.
+
+Shared by the full CLI and the thin client, so it imports nothing beyond os and signal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+WRAPPER_ERROR_FILE = "_CONDOR_WRAPPER_ERROR_FILE"
+CORE_SIGNALS = {signal.SIGQUIT, signal.SIGILL, signal.SIGABRT, signal.SIGFPE, signal.SIGSEGV,
+                signal.SIGBUS, signal.SIGSYS, signal.SIGTRAP, signal.SIGXCPU, signal.SIGXFSZ}
+
+
+def tell_htcondor(environ: dict[str, str], message: str) -> None:
+    """A launch failure: HTCondor requeues the job when this file exists after the wrapper."""
+    path = environ.get(WRAPPER_ERROR_FILE)
+    if path:
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(f"condor-systemd: {message}\n")
+        except OSError:
+            pass
+
+
+def write_file_atomically(path: str, text: str) -> str | None:
+    """Write text to path through a rename; the reason it failed, or None."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def die_by_signal(signum: int) -> int:
+    """Make our parent see 'killed by signum', as it would for the job itself."""
+    if signum in CORE_SIGNALS:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the job's core, not the wrapper's
+    try:
+        if signum not in (signal.SIGKILL, signal.SIGSTOP):  # those cannot be caught anyway
+            signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+        os.kill(os.getpid(), signum)
+    except (OSError, ValueError):
+        pass
+    return 128 + signum  # a signal that does not kill (e.g. SIGCHLD): report it shell-style
