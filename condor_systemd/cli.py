@@ -16,7 +16,13 @@ from typing import Callable, NoReturn
 
 from . import jobad
 from .errors import CondorSystemdError, LaunchError, UsageError
-from .exits import WRAPPER_ERROR_FILE, die_by_signal, tell_htcondor, write_file_atomically
+from .exits import (
+    WRAPPER_ERROR_FILE,
+    die_by_signal,
+    stdio_fds,
+    tell_htcondor,
+    write_file_atomically,
+)
 from .log import Log
 from .spec import (
     PROTECT_SYSTEM_VALUES,
@@ -176,18 +182,6 @@ def _check_identity(user: str | None, group: str | None) -> None:
         raise UsageError(f"no such user or group: {user if group is None else group}") from None
 
 
-def _stdio() -> tuple[int, int, int]:
-    """fds 0-2 as the caller set them up; a closed one is replaced by /dev/null."""
-    fds = []
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-            fds.append(fd)
-        except OSError:
-            fds.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
-    return fds[0], fds[1], fds[2]
-
-
 def _write_usage(path: str, text: str, log: Log) -> None:
     failed = write_file_atomically(path, text)
     if failed:
@@ -220,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = spec_from_args(args, environ)
         from .runner import run
 
-        usage = run(spec, stdio=_stdio(), backend=args.backend, log=log)
+        usage = run(spec, stdio=stdio_fds(), backend=args.backend, log=log)
     except CondorSystemdError as exc:
         message = str(exc)
         print(f"condor-systemd: {message}", file=sys.stderr)

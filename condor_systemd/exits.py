@@ -1,4 +1,4 @@
-"""How the wrapper ends: the job's status passed on, the usage file, HTCondor's error file.
+"""The wrapper's ends: its stdio, the job's status passed on, the usage and error files.
 
 Shared by the full CLI and the thin client, so it imports nothing beyond os and signal.
 """
@@ -11,6 +11,18 @@ import signal
 WRAPPER_ERROR_FILE = "_CONDOR_WRAPPER_ERROR_FILE"
 CORE_SIGNALS = {signal.SIGQUIT, signal.SIGILL, signal.SIGABRT, signal.SIGFPE, signal.SIGSEGV,
                 signal.SIGBUS, signal.SIGSYS, signal.SIGTRAP, signal.SIGXCPU, signal.SIGXFSZ}
+
+
+def stdio_fds() -> tuple[int, int, int]:
+    """fds 0-2 as the caller set them up; a closed one is replaced by /dev/null."""
+    fds = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            fds.append(fd)
+        except OSError:
+            fds.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
+    return fds[0], fds[1], fds[2]
 
 
 def tell_htcondor(environ: dict[str, str], message: str) -> None:

@@ -7,6 +7,7 @@ dataclasses: importing dataclasses pulls in inspect (~9 ms), paid again by every
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -177,6 +178,61 @@ class Sandbox(NamedTuple):
         return out
 
 
+RLIMIT_NAMES = ("CPU", "FSIZE", "DATA", "STACK", "CORE", "NOFILE", "AS", "NPROC", "MEMLOCK")
+
+
+class Inheritance(NamedTuple):
+    """What a job forked by the wrapper would inherit from it and a unit does not, passed on:
+    HTCondor sets some of it on the wrapper (affinity, oom_score_adj, rlimits, nice). None or
+    empty: not known, nothing passed."""
+
+    umask: int | None = None
+    rlimits: tuple[tuple[str, int, int], ...] = ()  # (NOFILE, soft, hard); -1: infinity
+    cpus: tuple[int, ...] | None = None  # sched_getaffinity
+    oom_score_adj: int | None = None
+    nice: int | None = None
+
+    @classmethod
+    def of_process(cls, pid: int = 0) -> Inheritance:
+        """This process's (pid 0), or another's read from /proc (the broker's caller)."""
+        import resource
+
+        proc = f"/proc/{pid or 'self'}"
+        umask = None
+        try:
+            with open(f"{proc}/status") as f:
+                for line in f:
+                    if line.startswith("Umask:"):
+                        umask = int(line.split()[1], 8)
+        except (OSError, ValueError):
+            pass
+        rlimits = []
+        for name in RLIMIT_NAMES:
+            try:
+                soft, hard = resource.prlimit(pid, getattr(resource, f"RLIMIT_{name}"))
+            except OSError:
+                continue
+            rlimits.append((name, soft, hard))
+        try:
+            cpus: tuple[int, ...] | None = tuple(sorted(os.sched_getaffinity(pid)))
+        except OSError:
+            cpus = None
+        try:
+            with open(f"{proc}/oom_score_adj") as f:
+                oom: int | None = int(f.read())
+        except (OSError, ValueError):
+            oom = None
+        try:
+            nice: int | None = os.getpriority(os.PRIO_PROCESS, pid)
+        except OSError:
+            nice = None
+        return cls(umask, tuple(rlimits), cpus, oom, nice)
+
+    def hard_limit(self, name: str) -> int:
+        """The hard rlimit (-1: infinity or unknown)."""
+        return next((hard for n, _soft, hard in self.rlimits if n == name), -1)
+
+
 class _JobSpecFields(NamedTuple):
     argv: tuple[str, ...]
     executable: str
@@ -195,6 +251,8 @@ class _JobSpecFields(NamedTuple):
     sample_interval: float = 1.0
     # Extra unit properties from -p NAME=VALUE, already validated against the property table.
     properties: tuple[tuple[str, str], ...] = ()
+    # What the job inherits from the wrapper; None: this process's, read at launch.
+    inherit: Inheritance | None = None
 
 
 

@@ -155,6 +155,13 @@ class Connection:
         self._members = members
         self._properties = properties
 
+    def watch(self, path: str, interface: str) -> None:
+        """Also keep PropertiesChanged of this object's interface (one more job's unit)."""
+        self._properties.add((path, interface))
+
+    def unwatch(self, path: str, interface: str) -> None:
+        self._properties.discard((path, interface))
+
     def read_signals(self) -> list[Message]:
         """Every signal received so far, reading what the socket has without blocking."""
         try:

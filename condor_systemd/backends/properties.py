@@ -165,6 +165,10 @@ TABLE: dict[str, Prop] = {
     "Nice": Prop("Nice", "i", lambda t: parse_int(t, "nice value", -20, 19), 209,
                  services_only=True),
     "RuntimeMaxSec": Prop("RuntimeMaxUSec", "t", _usec, 229, services_only=True),
+    "OOMScoreAdjust": Prop("OOMScoreAdjust", "i",
+                           lambda t: parse_int(t, "OOM score adjustment", -1000, 1000), 209,
+                           services_only=True),
+    "CPUAffinity": Prop("CPUAffinity", "ay", _allowed_cpus, 243, services_only=True),
     "UMask": Prop("UMask", "u", lambda t: _octal(t, 0o777), 209, services_only=True),
     "SupplementaryGroups": Prop("SupplementaryGroups", "as", _words, 209, services_only=True),
     # managed by condor-systemd: never from -p

@@ -171,6 +171,8 @@ DOCUMENTED = {
     "InaccessiblePaths": ("InaccessiblePaths", "as"),
     "Nice": ("Nice", "i"),
     "RuntimeMaxSec": ("RuntimeMaxUSec", "t"),
+    "OOMScoreAdjust": ("OOMScoreAdjust", "i"),
+    "CPUAffinity": ("CPUAffinity", "ay"),
     "UMask": ("UMask", "u"),
     "SupplementaryGroups": ("SupplementaryGroups", "as"),
     "Description": ("Description", "s"),
@@ -306,6 +308,8 @@ ENCODINGS = [
     ("Nice=-5", ("Nice", ("i", -5))),
     ("RuntimeMaxSec=1.5", ("RuntimeMaxUSec", ("t", 1500000))),
     ("RuntimeMaxSec=0", ("RuntimeMaxUSec", ("t", 0))),
+    ("OOMScoreAdjust=800", ("OOMScoreAdjust", ("i", 800))),  # HTCondor's for its jobs
+    ("CPUAffinity=0-1,3", ("CPUAffinity", ("ay", b"\x0b"))),  # CPUs 0, 1, 3: bits 0, 1, 3
     ("UMask=0022", ("UMask", ("u", 18))),
     ("UMask=777", ("UMask", ("u", 511))),
     ("SupplementaryGroups=video audio", ("SupplementaryGroups", ("as", ["video", "audio"]))),

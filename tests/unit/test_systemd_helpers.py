@@ -5,15 +5,9 @@ from __future__ import annotations
 import pytest
 
 from condor_systemd.backends.bus import BusError
-from condor_systemd.backends.systemd import (
-    _map_bus_error,
-    _record_key,
-    _unknown_property,
-    _valid_env_name,
-    _valid_env_value,
-    exec_argv,
-    unit_object_path,
-)
+from condor_systemd.backends.service import _valid_env_name, _valid_env_value, exec_argv
+from condor_systemd.backends.systemd import map_bus_error as _map_bus_error
+from condor_systemd.backends.unitjob import _record_key, _unknown_property, unit_object_path
 from condor_systemd.errors import BackendUnavailable, LaunchError, UnitExists
 
 PREFIX = "/org/freedesktop/systemd1/unit/"

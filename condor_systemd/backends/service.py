@@ -1,0 +1,233 @@
+"""A job as a transient service (the default): systemd forks it, so it can be sandboxed.
+
+Lifecycle::
+
+    StartTransientUnit(condor-job-<id>.service, Type=exec, ExecStopPost=-sleep infinity)
+      JobRemoved(start, done)        -> running: read the limits back from the unit's cgroup
+      SubState=stop-sigterm          -> the main process ended and left processes: SIGKILL them
+      SubState=stop-post             -> everything the job ran is gone; the cgroup is still there,
+                                        held by the ExecStopPost sleeper
+    collect: GetAll (exit status, Result) -> read accounting from the cgroup
+             -> SIGKILL the sleeper -> UnitRemoved (CollectMode=inactive-or-failed)
+
+The sleeper exists because systemd removes a unit's cgroup as soon as it is empty, and with it
+the accounting systemd 252 does not export (user/system CPU, peak memory, OOM kills). If the
+wrapper dies, TimeoutStopSec ends the sleeper and systemd collects the unit anyway.
+
+A forked job would inherit the wrapper's umask, rlimits, CPU affinity, oom_score_adj and nice
+(HTCondor sets some of them on the wrapper); a unit inherits nothing, so they are passed as
+properties (spec.inherit: the wrapper's own, or, through the broker, its caller's).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from ..spec import Inheritance
+from ..usage import OFF, Usage, Verdict
+from . import cgroupfs, child, properties
+from .unitjob import CLD_EXITED, CLEANUP_TIMEOUT, SETUP_STATUSES, SystemdJob
+
+SERVICE_IFACE = "org.freedesktop.systemd1.Service"
+# Variables systemd sets for each service itself. Inherited from a wrapper that runs inside
+# another unit (the HTCondor starter's), Environment= would override the job unit's own values.
+PER_UNIT_VARIABLES = frozenset((
+    "INVOCATION_ID", "JOURNAL_STREAM", "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID",
+    "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID", "MAINPID", "MANAGERPID",
+    "SYSTEMD_EXEC_PID", "TRIGGER_UNIT", "TRIGGER_PATH", "TRIGGER_TIMER_REALTIME_USEC",
+    "TRIGGER_TIMER_MONOTONIC_USEC", "CREDENTIALS_DIRECTORY", "RUNTIME_DIRECTORY",
+    "STATE_DIRECTORY", "CACHE_DIRECTORY", "LOGS_DIRECTORY", "CONFIGURATION_DIRECTORY",
+    "MEMORY_PRESSURE_WATCH", "MEMORY_PRESSURE_WRITE"))
+SLEEP = next((p for p in ("/usr/bin/sleep", "/bin/sleep") if os.path.exists(p)), "/bin/sleep")
+
+
+class ServiceJob(SystemdJob):
+    iface = SERVICE_IFACE
+
+    def launch(self, stdio: tuple[int, int, int]) -> None:
+        spec, enc = self.spec, properties.encode
+        props = [enc("Type", "exec"),
+                 enc("ExecStart", [(spec.executable, exec_argv(spec.argv), False)]),
+                 enc("WorkingDirectory", spec.cwd),
+                 enc("Environment", self.environment()),
+                 enc("StandardInputFileDescriptor", stdio[0]),
+                 enc("StandardOutputFileDescriptor", stdio[1]),
+                 enc("StandardErrorFileDescriptor", stdio[2]),
+                 # holds the cgroup (and its accounting) until collect() has read it
+                 enc("ExecStopPost", [(SLEEP, ["sleep", "infinity"], True)]),
+                 enc("IgnoreSIGPIPE", False)]  # jobs expect SIGPIPE's default action
+        props += self.inherited_properties(spec.inherit or Inheritance.of_process())
+        if spec.user:
+            props.append(enc("User", spec.user))
+        if spec.group:
+            props.append(enc("Group", spec.group))
+        props += self.sandbox_properties()
+        self.start_unit(props + self.common_properties())
+
+    def inherited_properties(self, inherit: Inheritance) -> list:
+        enc, asked = properties.encode, {name for name, _ in self.spec.properties}
+        props = []
+        if inherit.umask is not None:
+            props.append(enc("UMask", inherit.umask))
+        unlimited = properties.UINT64_MAX
+        for name, soft, hard in inherit.rlimits:
+            props.append(enc(f"Limit{name}", hard if hard >= 0 else unlimited))
+            props.append(enc(f"Limit{name}Soft", soft if soft >= 0 else unlimited))
+        if inherit.oom_score_adj is not None and "OOMScoreAdjust" not in asked:
+            props.append(enc("OOMScoreAdjust", inherit.oom_score_adj))
+        if inherit.nice is not None and "Nice" not in asked:
+            props.append(enc("Nice", inherit.nice))
+        if inherit.cpus is not None and self.spec.limits.allowed_cpus is None \
+                and inherit.cpus != _all_cpus():
+            # HTCondor's ASSIGN_CPU_AFFINITY: the job keeps to the CPUs the wrapper may use
+            props.append(enc("CPUAffinity", properties.cpu_mask(inherit.cpus)))
+        return props
+
+    def environment(self) -> list[str]:
+        """The job's environment, minus what systemd would refuse (it would refuse the unit)."""
+        out = []
+        for name, value in self.spec.environment.items():
+            if name in PER_UNIT_VARIABLES:
+                continue  # systemd sets the job unit's own
+            if _valid_env_name(name) and _valid_env_value(value):
+                out.append(f"{name}={value}")
+            else:
+                self.log.notice(f"environment variable {name!r} not passed: systemd does not "
+                                "accept its name or value")
+        return out
+
+    def sandbox_properties(self) -> list:
+        sandbox, enc = self.spec.sandbox, properties.encode
+        props = []
+        if sandbox.private_tmp:
+            conflict = child.private_tmp_conflict(self.spec.cwd, self.spec.executable)
+            if conflict:
+                self.enforced["private_tmp"] = Verdict(OFF, conflict)
+            else:
+                props.append(enc("PrivateTmp", True))
+        if sandbox.private_users:
+            props.append(enc("PrivateUsers", True))
+        if sandbox.protect_system:
+            props.append(enc("ProtectSystem", sandbox.protect_system))
+            if sandbox.protect_system == "strict":  # the job must still write its own sandbox
+                rw = [self.spec.cwd]
+                scratch = self.spec.environment.get("_CONDOR_SCRATCH_DIR")
+                if scratch and scratch != self.spec.cwd and os.path.isdir(scratch):
+                    rw.append(scratch)
+                props.append(enc("ReadWritePaths", rw))
+        return props
+
+    def main_has_ended(self) -> bool:
+        if self.sub_state in ("stop-sigterm", "stop-sigkill") and not self.leftovers_killed \
+                and not self.stopping:
+            # The main process is gone, so the job is over: as under HTCondor, what it left
+            # behind dies at once. During a stop, it has the rest of the grace instead: systemd
+            # sends it SIGTERM, and the stop-timeout kill() ends what is still there.
+            self.leftovers_killed = True
+            self.log.info("main process ended: killing the processes it left behind")
+            self.kill_all_but_holder()
+        return self.sub_state == "stop-post" or self.active_state in ("inactive", "failed")
+
+    leftovers_killed = False
+
+    def kill(self) -> None:
+        if self.phase != "running":
+            return
+        self.log.notice("stop timeout reached: killing every process of the job")
+        self.kill_all_but_holder()
+
+    def kill_all_but_holder(self) -> None:
+        """SIGKILL every process of the job, sparing the ExecStopPost holder: KillUnit cannot,
+        and systemd may enter stop-post (starting the holder) at any moment. The cgroup's pids
+        are read before ControlPID: a holder started before the read is known and spared, one
+        started after it is not in the list. Whatever forks in between, systemd's own stop
+        (KillSignal, then SIGKILL after TimeoutStopSec) catches."""
+        if not self.cgroup:
+            self.kill_unit(signal.SIGKILL)
+            return
+        pids = cgroupfs.procs(self.layout, self.cgroup) or []
+        holder = self.get_all(SERVICE_IFACE).get("ControlPID", 0)
+        self.kill_pids(pids, {holder})
+
+    def collect(self) -> Usage:
+        props = self.get_all(SERVICE_IFACE)
+        code, status = props.get("ExecMainCode", 0), props.get("ExecMainStatus", 0)
+        setup_failed = code == 0 or (code == CLD_EXITED and status in SETUP_STATUSES)
+        if self.phase == "start-failed" or (self.phase == "ended-early" and setup_failed):
+            self.release_cgroup()
+            raise self.start_failure(code, status)
+        self.cgroup = props.get("ControlGroup") or self.cgroup
+        if self.phase == "ended-early":  # it ran, briefly: systemd logs "Failed to start"
+            self.log.info(f"started {self.spec.description} (and it ended at once)")
+            if self.cgroup:
+                self.verify_limits()
+        acct = cgroupfs.Accounting()
+        if self.cgroup and self.sub_state == "stop-post":
+            acct = cgroupfs.read_accounting(self.layout, self.cgroup)
+        else:
+            self.log.warning(f"the unit's cgroup was gone before it could be read "
+                             f"(state {self.active_state}/{self.sub_state})")
+        started = props.get("ExecMainStartTimestampMonotonic", 0)
+        exited = props.get("ExecMainExitTimestampMonotonic", 0)
+        wall = (exited - started) / 1e6 if started and exited >= started else None
+        peak = props.get("MemoryPeak") if acct.memory_peak_bytes is not None else None
+        usage = self.make_usage(code, status, acct, wall, props.get("Result", ""), peak)
+        self.release_cgroup()
+        return usage
+
+    def finish(self) -> Usage:
+        try:
+            return super().finish()
+        except BaseException:
+            self.wait_removed()  # a start failure too: the unit goes before we report it
+            raise
+
+    def release_cgroup(self) -> None:
+        """End the ExecStopPost sleeper; the unit then goes inactive and systemd collects it."""
+        if self.created:
+            self.removing = True
+            self.kill_unit(signal.SIGKILL, who="control")
+
+    def abort(self) -> None:
+        """Kill everything at once. StopUnit would wait for the ExecStopPost sleeper (a unit in
+        stop-post is 'already stopping'), i.e. for TimeoutStopSec: instead, let the job's
+        processes die, then end the sleeper too."""
+        try:
+            self.kill_unit(signal.SIGKILL)
+            self.wait_for(lambda: self.released or self.sub_state == "stop-post"
+                          or self.active_state in ("inactive", "failed"), CLEANUP_TIMEOUT)
+            self.release_cgroup()
+            self.wait_for(lambda: self.released, CLEANUP_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - best effort: the wrapper is failing already
+            self.log.warning(f"cleaning up after an error: {exc}")
+
+
+def exec_argv(argv: tuple[str, ...]) -> list[str]:
+    """systemd expands $VAR and $$ in ExecStart arguments at exec time: pass them literally."""
+    return [arg.replace("$", "$$") for arg in argv]
+
+
+def _valid_env_name(name: str) -> bool:
+    return bool(name) and not name[0].isdigit() and all(
+        c == "_" or (c.isascii() and c.isalnum()) for c in name)
+
+
+def _valid_env_value(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return all(c >= " " or c in "\t\n" for c in value) and "\x7f" not in value
+
+
+def _all_cpus() -> tuple[int, ...] | None:
+    """The CPUs online here: an affinity of all of them is no restriction worth passing on."""
+    from ..errors import UsageError
+    from ..spec import parse_cpu_list
+
+    try:
+        with open("/sys/devices/system/cpu/online") as f:
+            return parse_cpu_list(f.read().strip())
+    except (OSError, UsageError):  # unknown: pass the affinity on
+        return None

@@ -1,0 +1,459 @@
+"""What service and scope jobs share: the unit's properties, its events, accounting, clean-up.
+
+A job is driven by events: the backend reads the manager's signals and hands each job its own
+(:meth:`SystemdJob.handle`), so one process can drive many jobs over one connection (the broker)
+or one job (the in-process wrapper, whose :meth:`poll` asks the backend to pump). A job's phase:
+
+    starting -> running -> ended           the main process ended: collect() the record
+             -> start-failed | ended-early  the start job failed, or the main process ended
+                                            before it completed (collect() tells which)
+
+After collect(), the unit is on its way out; :attr:`released` says when systemd has dropped it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import CondorSystemdError, LaunchError, UsageError
+from ..log import Log
+from ..spec import JobSpec
+from ..usage import IN_FORCE, NOT_SENT, UNKNOWN, Usage, Verdict
+from . import STOPPING, cgroupfs, pidfd, properties
+from .bus import BusError
+
+if TYPE_CHECKING:
+    from .systemd import SystemdBackend
+
+UNIT_IFACE = "org.freedesktop.systemd1.Unit"
+CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
+CLEANUP_TIMEOUT = 10.0
+# ExecMainStatus values systemd uses when it fails to set up the job (systemd.exec(5)).
+SETUP_FAILURES = {200: "cannot change to the working directory", 203: "cannot execute the command",
+                  216: "unknown group", 217: "unknown user", 218: "cannot set up output",
+                  226: "cannot set up namespaces (sandboxing)", 228: "cannot set up /tmp"}
+SETUP_STATUSES = range(200, 244)  # EXIT_CHDIR .. EXIT_CREDENTIALS: systemd's own failures
+
+
+def unit_object_path(unit: str) -> str:
+    """sd_bus_path_encode(): every byte but [A-Za-z0-9] becomes _xx; so does a leading digit."""
+    out = []
+    for i, ch in enumerate(unit.encode()):
+        c = chr(ch)
+        if c.isascii() and c.isalnum() and not (i == 0 and c.isdigit()):
+            out.append(c)
+        else:
+            out.append(f"_{ch:02x}")
+    return "/org/freedesktop/systemd1/unit/" + "".join(out)
+
+
+class SystemdJob:
+    iface = ""  # the unit type's D-Bus interface
+
+    def __init__(self, backend: SystemdBackend, spec: JobSpec, log: Log) -> None:
+        self.backend = backend
+        self.conn = backend.conn
+        self.version = backend.version
+        self.backend_reason = backend.reason
+        self.spec = spec
+        self.log = log
+        self.unit: str | None = spec.unit_name
+        self.path = unit_object_path(spec.unit_name)
+        self.layout = backend.layout
+        self.enforced: dict[str, Verdict] = {}
+        self.phase = "starting"
+        self.start_result = ""
+        self.active_state = self.sub_state = ""
+        self.cgroup: str | None = None
+        self.created = False
+        self.removing = False
+        self.removed = False
+        self.was_reset = False
+        self.stopping = False  # a forwarded SIGTERM/SIGINT: leftovers get the stop's grace
+        self.launched_at = time.monotonic()
+        self.ended_at: float | None = None
+        log.unit, log.job_id = spec.unit_name, spec.job_id
+        backend.register(self)
+
+    # -- to be provided by each unit type ------------------------------------------------------
+    def launch(self, stdio: tuple[int, int, int]) -> None:
+        raise NotImplementedError
+
+    def main_has_ended(self) -> bool:
+        raise NotImplementedError
+
+    def collect(self) -> Usage:
+        """Kill leftovers, read accounting and let the unit go; the job's record."""
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    # -- building the unit -------------------------------------------------------------------
+    def common_properties(self) -> list[tuple[str, tuple[str, object]]]:
+        spec, enc = self.spec, properties.encode
+        props = [enc("Description", spec.description), enc("Slice", spec.slice),
+                 enc("CollectMode", "inactive-or-failed"),
+                 enc("TimeoutStopSec", int(spec.stop_timeout * 1e6))]
+        props += [enc(n, True) for n in ("CPUAccounting", "MemoryAccounting", "IOAccounting",
+                                         "TasksAccounting")]
+        for field, name in properties.LIMIT_PROPERTY.items():
+            value = getattr(spec.limits, field)
+            if value is None:
+                continue
+            if field == "cpu_quota_percent":
+                value = properties.cpu_quota_usec(value)
+            elif field == "allowed_cpus":
+                value = properties.cpu_mask(value)
+            props.append(enc(name, value))
+        for name, text in spec.properties:
+            props.append(properties.encode_text(name, text))
+        return props
+
+    def filter_properties(self, props: list) -> list:
+        """Drop what this manager (version) or unit type cannot take, and say so."""
+        kept = []
+        for dbus_name, variant in props:
+            name = properties.name_for_dbus(dbus_name) or dbus_name
+            prop = properties.TABLE.get(name)
+            if prop and prop.since > self.version:
+                self.note_dropped(name, f"systemd {self.version} lacks {name} "
+                                        f"(added in {prop.since})")
+            elif prop and prop.services_only and self.spec.scope:
+                self.note_dropped(name, f"a scope has no {name} (it is a service setting)")
+            else:
+                kept.append((dbus_name, variant))
+        return kept
+
+    def note_dropped(self, name: str, why: str) -> None:
+        self.enforced[_record_key(name)] = Verdict(NOT_SENT, why)
+        self.log.notice(f"{name}: not sent: {why}")
+
+    def start_unit(self, props: list) -> None:
+        from .systemd import map_bus_error
+
+        props = self.filter_properties(props)
+        for _attempt in range(len(props) + 1):
+            try:
+                self.conn.call_manager("StartTransientUnit", "ssa(sv)a(sa(sv))",
+                                       (self.unit, "fail", props, []))
+                self.created = True
+                return
+            except BusError as exc:
+                unknown = _unknown_property(exc)
+                if unknown and any(p[0] == unknown for p in props):
+                    props = [p for p in props if p[0] != unknown]
+                    name = properties.name_for_dbus(unknown) or unknown
+                    self.note_dropped(name, f"systemd {self.version} does not accept "
+                                            f"{name} here")
+                    continue
+                raise map_bus_error(exc, self.spec.unit_name) from None
+            except UnicodeEncodeError:
+                raise UsageError("the command, its arguments or working directory are not valid "
+                                 "UTF-8; systemd cannot pass them on") from None
+
+    # -- events ------------------------------------------------------------------------------
+    def timeout(self) -> float | None:
+        return None  # everything arrives as a D-Bus signal: no polling
+
+    def fds(self) -> list[int]:
+        return [self.conn.fileno()]
+
+    def poll(self) -> bool:
+        self.backend.pump()
+        return self.has_ended()
+
+    def handle(self, msg: Any) -> None:
+        """One of the manager's signals about this job's unit (the backend routes them)."""
+        fields = msg.header.fields
+        member = fields.get(_MEMBER)
+        if member == "JobRemoved" and msg.body[2] == self.unit:
+            self.on_job_removed(msg.body[3])
+        elif member == "PropertiesChanged" and fields.get(_PATH) == self.path:
+            iface, changed, _invalidated = msg.body
+            if iface == UNIT_IFACE:
+                self.active_state = changed.get("ActiveState", ("s", self.active_state))[1]
+                self.sub_state = changed.get("SubState", ("s", self.sub_state))[1]
+                self.has_ended()  # decide now: the verdict must not be undone by a stale signal
+        elif member == "UnitRemoved" and msg.body[0] == self.unit and self.removing:
+            # Only once we asked for it: `systemctl status <name>` before the unit existed
+            # loads a stub of that name, whose garbage collection also says UnitRemoved.
+            self.removed = True
+            self.backend.forget(self)
+
+    def catch_up(self) -> None:
+        """After a reconnect (daemon-reexec): the unit's signals were missed meanwhile."""
+        props = self.get_all(UNIT_IFACE)
+        self.active_state = props.get("ActiveState", "")
+        self.sub_state = props.get("SubState", "")
+        # The old manager sent UnitRemoved for every unit as it went down: ours is still here
+        # (unless LoadState says it is gone).
+        self.removed = props.get("LoadState") == "not-found" and self.removing
+        if self.phase == "starting" and self.active_state in ("active", "deactivating"):
+            self.on_job_removed("done")  # its JobRemoved went out while we were away
+        self.log.info(f"reconnected; {self.unit} is {self.active_state}/{self.sub_state}")
+        self.has_ended()
+
+    def on_job_removed(self, result: str) -> None:
+        if self.phase != "starting":
+            return
+        if result != "done":
+            self.phase, self.start_result = "start-failed", result
+            return
+        self.phase = "running"
+        # No GetAll for the state: every PropertiesChanged since we connected was handled, in
+        # order, so active_state/sub_state are current. The cgroup path follows from the names.
+        self.cgroup = cgroupfs.unit_cgroup(self.layout, self.spec.slice, self.spec.unit_name) \
+            or self.get_all(self.iface).get("ControlGroup") or None
+        self.verify_limits()
+        self.log.info(f"started {self.spec.description}")
+        self.has_ended()
+
+    def has_ended(self) -> bool:
+        if self.phase == "starting" and self.sub_state == "stop-post":
+            # The main process ended before the start job completed: the exec failed, or the
+            # job was that quick. The start job would only complete once the unit is inactive,
+            # i.e. after our ExecStopPost sleeper; collect() looks at the exit status instead.
+            self.phase, self.start_result = "ended-early", "failed"
+        if self.phase in ("start-failed", "ended-early"):
+            return True
+        if self.phase == "running" and self.main_has_ended():
+            self.phase = "ended"
+            self.ended_at = time.monotonic()
+        return self.phase == "ended"
+
+    @property
+    def released(self) -> bool:
+        """systemd has dropped the unit (or never made it): nothing of the job is left."""
+        return self.removed or not self.created
+
+    # -- calls that survive a daemon-reexec ------------------------------------------------------
+    def manager(self, method: str, signature: str, body: tuple) -> tuple:
+        try:
+            return self.conn.call_manager(method, signature, body)
+        except BusError as exc:
+            self.backend.recover(exc, self.spec.unit_name)
+            return self.conn.call_manager(method, signature, body)
+
+    def get_all(self, iface: str) -> dict:
+        from .systemd import map_bus_error
+
+        try:
+            return self.conn.get_all(self.path, iface)
+        except BusError as exc:
+            self.backend.recover(exc, self.spec.unit_name)
+            try:
+                return self.conn.get_all(self.path, iface)
+            except BusError as again:
+                raise map_bus_error(again, self.spec.unit_name) from None
+
+    def verify_limits(self) -> None:
+        asked = {k: v for k, v in self.spec.limits.asked().items() if k not in self.enforced}
+        if not asked:
+            return
+        if not self.cgroup:
+            for key in asked:
+                self.enforced[key] = Verdict(UNKNOWN, "systemd reported no cgroup for the unit")
+            return
+        actual = cgroupfs.read_limits(self.layout, self.cgroup)
+        for key, verdict in cgroupfs.verify(asked, actual, self.layout).items():
+            self.enforced[key] = verdict
+            if not verdict.enforced:
+                self.log.notice(f"{key}: {verdict.render()}")
+
+    # -- control -----------------------------------------------------------------------------
+    def send_signal(self, signum: int) -> None:
+        if self.phase == "ended":
+            return  # nothing of the job runs any more; only our cgroup holder would get it
+        self.log.info(f"forwarding {signal.Signals(signum).name} to every process of the job")
+        self.stopping = self.stopping or signum in STOPPING
+        self.kill_unit(signum)
+
+    def kill_pids(self, pids: list[int], spare: set[int]) -> int:
+        """SIGKILL these pids but `spare`, each through a pidfd after checking that it is still
+        in the unit's cgroup (a pid can be reused); returns how many were signalled."""
+        killed = 0
+        for pid in pids:
+            if pid in spare:
+                continue
+            try:
+                fd = pidfd.open_pidfd(pid)
+            except OSError:
+                continue  # gone already
+            try:
+                # (without a pidfd, the check and the kill are two steps: a pid recycled in
+                # between is the price of an old kernel)
+                with open(f"/proc/{pid}/cgroup") as f:
+                    if f":{self.cgroup}\n" not in f.read() + "\n":
+                        continue
+                pidfd.send(pid, fd, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+            finally:
+                if fd != pidfd.NONE:
+                    os.close(fd)
+        return killed
+
+    def kill_unit(self, signum: int, who: str = "all") -> None:
+        if not self.created:
+            return
+        try:
+            self.manager("KillUnit", "ssi", (self.unit, who, int(signum)))
+        except (BusError, CondorSystemdError) as exc:
+            self.log.warning(f"KillUnit({who}, {signum}) failed: {exc}")
+
+    def remove_unit(self) -> None:
+        """Stop the unit and wait until systemd has dropped it."""
+        if not self.created or self.removed:
+            return
+        self.removing = True
+        try:
+            self.conn.call_manager("StopUnit", "ss", (self.unit, "replace"))
+        except BusError as exc:
+            if not exc.name.endswith("NoSuchUnit"):
+                self.log.warning(f"StopUnit failed: {exc}")
+                self.reset_failed()
+            self.backend.forget(self)
+            return
+        self.wait_removed()
+
+    def wait_removed(self) -> None:
+        """In-process: wait until systemd has dropped the unit."""
+        if not self.wait_for(self.gone, self.spec.stop_timeout + CLEANUP_TIMEOUT):
+            self.log.warning(f"{self.unit} was not removed within the cleanup timeout")
+            self.backend.forget(self)
+
+    def gone(self) -> bool:
+        """Released; a failed unit still there once its news is read is reset, so that it
+        goes (CollectMode should see to it; make sure, once)."""
+        if not self.released and self.active_state == "failed" and not self.was_reset:
+            self.was_reset = True
+            self.reset_failed()
+        return self.released
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float | None) -> bool:
+        """In-process: handle signals until condition() holds. Signals may already be queued
+        (they arrive during method calls), so handle those before sleeping on the socket."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.backend.pump()
+            self.has_ended()
+            if condition():
+                return True
+            if self.conn.signals:
+                continue  # condition() made calls, and signals came in meanwhile
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            select.select([self.conn.fileno()], [], [], left)
+
+    def reset_failed(self) -> None:
+        try:
+            self.conn.call_manager("ResetFailedUnit", "s", (self.unit,))
+        except BusError:
+            pass
+
+    def finish(self) -> Usage:
+        """In-process: the record, once the unit is gone."""
+        usage = self.collect()
+        self.wait_removed()
+        return usage
+
+    def abort(self) -> None:
+        try:
+            self.kill_unit(signal.SIGKILL)
+            self.remove_unit()
+        except CondorSystemdError:
+            pass
+
+    # -- results -----------------------------------------------------------------------------
+    def start_failure(self, code: int, status: int) -> LaunchError:
+        from ..errors import CommandNotExecutable
+
+        what = None
+        if code == CLD_EXITED and status in SETUP_STATUSES:
+            what = SETUP_FAILURES.get(status, "could not set up the job's environment")
+            if status == 200:
+                what += f" {self.spec.cwd}"
+        detail = f" ({what}, status {status})" if what else ""
+        if status == 203 and code == CLD_EXITED:
+            return CommandNotExecutable(f"{self.spec.argv[0]}: systemd {what}")
+        return LaunchError(f"systemd could not start {self.unit}: {self.start_result}{detail}; "
+                           f"see journalctl -u {self.unit}")
+
+    def make_usage(self, code: int, status: int, acct: cgroupfs.Accounting,
+                   wall: float | None, result: str = "",
+                   memory_peak_property: int | None = None) -> Usage:
+        peak_source = cgroupfs.PEAK_FILES[self.layout.kind]
+        if memory_peak_property not in (None, properties.UINT64_MAX):
+            # systemd >= 256 exports the unit's memory.peak itself: the same kernel counter,
+            # read by the manager that owns the cgroup
+            acct = acct._replace(memory_peak_bytes=memory_peak_property)
+            peak_source = "systemd's MemoryPeak property"
+        exit_code = status if code == CLD_EXITED else None
+        signum = status if code in (CLD_KILLED, CLD_DUMPED) else None
+        oom = None if acct.oom_kills is None else acct.oom_kills > 0
+        if result == "oom-kill":  # cgroup v2: systemd saw memory.events' oom_kill itself
+            oom = True
+        enforced = dict(self.enforced)
+        for key, value in self.spec.sandbox.asked().items():
+            if value and key not in enforced:
+                enforced[key] = IN_FORCE  # systemd sets these up at exec or fails the start
+        usage = Usage(
+            unit=self.unit, backend="systemd", job_id=self.spec.job_id, exit_code=exit_code,
+            signal=signum, oom_killed=oom, wall_seconds=None if wall is None else round(wall, 6),
+            cpu_user_seconds=acct.cpu_user_seconds, cpu_system_seconds=acct.cpu_system_seconds,
+            memory_peak_bytes=acct.memory_peak_bytes, io_read_bytes=acct.io_read_bytes,
+            io_write_bytes=acct.io_write_bytes, tasks_peak=acct.tasks_peak,
+            limits={**self.spec.limits.asked(), **self.spec.sandbox.asked()},
+            enforced=enforced, cgroup_layout=self.layout.kind,
+            cgroup_controllers=self.layout.controllers(), systemd_version=self.version,
+            backend_reason=self.backend_reason,
+            accuracy=_accuracy(acct, self.layout.kind, peak_source))
+        outcome = f"exit code {exit_code}" if signum is None else f"signal {signum}"
+        self.log.info(f"finished: {outcome}, cpu user {_fmt(acct.cpu_user_seconds)} s, "
+                      f"system {_fmt(acct.cpu_system_seconds)} s, peak memory "
+                      f"{acct.memory_peak_bytes} bytes{', OOM kill' if oom else ''}")
+        return usage
+
+
+def _unknown_property(exc: BusError) -> str | None:
+    # systemd: "Cannot set property X, or unknown property." (org.freedesktop.DBus.Error.*)
+    marker = "Cannot set property "
+    if marker in exc.text:
+        return exc.text.split(marker, 1)[1].split(",", 1)[0].strip()
+    return None
+
+
+def _record_key(name: str) -> str:
+    """The usage record's key for a property: a Limits/Sandbox field when it is one."""
+    for table in (properties.LIMIT_PROPERTY, properties.SANDBOX_PROPERTY):
+        for key, prop_name in table.items():
+            if prop_name == name:
+                return key
+    return name
+
+
+def _accuracy(acct: cgroupfs.Accounting, layout: str, peak_source: str) -> dict[str, str]:
+    """Everything measured comes from the unit's cgroup: exact, whatever the job did."""
+    sources = {"cpu": "cpu.stat" if layout == "unified" else "cpu.stat or cpuacct.stat",
+               "memory_peak": peak_source, "io": "io.stat", "tasks_peak": "pids.peak"}
+    measured = {"cpu": acct.cpu_user_seconds, "memory_peak": acct.memory_peak_bytes,
+                "io": acct.io_read_bytes, "tasks_peak": acct.tasks_peak}
+    return {key: f"exact: the unit's cgroup ({sources[key]})" if value is not None
+            else "unknown on this layout" for key, value in measured.items()}
+
+
+def _fmt(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.3f}"
+
+
+# jeepney header field keys, looked up once
+from jeepney import HeaderFields as _HF  # noqa: E402
+
+_MEMBER, _PATH = _HF.member, _HF.path
