@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Callable, NoReturn
+from typing import Callable, NamedTuple, NoReturn
 
 from . import jobad
 from .errors import CondorSystemdError, LaunchError, UsageError
@@ -107,17 +107,51 @@ def build_parser() -> argparse.ArgumentParser:
     add("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     probe = verbs.add_parser("probe", help="say which backend run would use here, and why")
     probe.add_argument("--backend", choices=BACKENDS, default="auto")
+    broker = verbs.add_parser("broker", help="the root service that runs every user's jobs")
+    broker.add_argument("--socket", metavar="PATH",
+                        help="listen here when not socket-activated (default "
+                             "/run/condor-systemd/io.condorsystemd.Job)")
+    broker.add_argument("--policy", metavar="FILE", default="/etc/condor-systemd/broker.toml",
+                        help="the site policy (TOML; default %(default)s)")
     return parser
 
 
-def spec_from_args(args: argparse.Namespace, environ: dict[str, str]) -> JobSpec:
-    from .backends.properties import LIMIT_PROPERTY, SANDBOX_PROPERTY, TABLE
+class Caller(NamedTuple):
+    """What only the caller knows, seen from where it runs: its working directory, the command
+    resolved in its PATH, the ids from its HTCondor ads. The in-process wrapper finds them
+    itself (:func:`caller_here`); through the broker, the thin client sends them."""
 
+    cwd: str
+    executable: str
+    job_id: str | None
+    slot: str | None
+    pid: int
+
+
+def caller_here(command: list[str], environ: dict[str, str]) -> Caller:
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        raise LaunchError("the current working directory no longer exists") from None
+    job_env = {k: v for k, v in environ.items() if k != WRAPPER_ERROR_FILE}
+    return Caller(cwd, resolve_command(command[0], job_env, cwd), jobad.job_id_from_env(environ),
+                  jobad.slot_from_env(environ), os.getpid())
+
+
+def job_command(args: argparse.Namespace) -> list[str]:
     command = list(args.command)
     if command[:1] == ["--"]:
         command = command[1:]
     if not command:
         raise UsageError("missing command: condor-systemd run [OPTIONS] -- CMD [ARGS...]")
+    return command
+
+
+def spec_from_args(args: argparse.Namespace, environ: dict[str, str],
+                   caller: Caller | None = None) -> JobSpec:
+    from .backends.properties import LIMIT_PROPERTY, SANDBOX_PROPERTY, TABLE
+
+    command = job_command(args)
     if args.cpus is not None and args.cpu_quota is not None:
         raise UsageError("give --cpus or --cpu-quota, not both")
     if (args.uid or args.gid) and os.geteuid() != 0:
@@ -143,19 +177,14 @@ def spec_from_args(args: argparse.Namespace, environ: dict[str, str]) -> JobSpec
         else:
             extra.append((name, text))
 
-    try:
-        cwd = os.getcwd()
-    except FileNotFoundError:
-        raise LaunchError("the current working directory no longer exists") from None
+    caller = caller or caller_here(command, environ)
     job_env = {k: v for k, v in environ.items() if k != WRAPPER_ERROR_FILE}
-    executable = resolve_command(command[0], job_env, cwd)
-    job_id = args.name or jobad.job_id_from_env(environ) or \
-        f"local-{os.getpid()}-{os.urandom(3).hex()}"
-    return JobSpec(argv=tuple(command), executable=executable, job_id=job_id, cwd=cwd,
-                   environment=job_env, limits=Limits(**limits), sandbox=Sandbox(**sandbox),
-                   slot=jobad.slot_from_env(environ), scope=args.scope, slice=args.slice,
-                   user=args.uid, group=args.gid, stop_timeout=args.stop_timeout,
-                   sample_interval=args.sample_interval,
+    job_id = args.name or caller.job_id or f"local-{caller.pid}-{os.urandom(3).hex()}"
+    return JobSpec(argv=tuple(command), executable=caller.executable, job_id=job_id,
+                   cwd=caller.cwd, environment=job_env, limits=Limits(**limits),
+                   sandbox=Sandbox(**sandbox), slot=caller.slot, scope=args.scope,
+                   slice=args.slice, user=args.uid, group=args.gid,
+                   stop_timeout=args.stop_timeout, sample_interval=args.sample_interval,
                    properties=tuple(extra))
 
 
@@ -210,6 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.verb == "probe":
             return _probe(args.backend)
+        if args.verb == "broker":
+            from .broker import main as broker_main
+
+            return broker_main(args.socket, args.policy)
         log = Log(log_file=args.log_file)
         spec = spec_from_args(args, environ)
         from .runner import run

@@ -53,7 +53,7 @@ def render_verdict(verdict: Verdict | bool | str) -> bool | str:
 
 KEYS = ("unit", "backend", "job_id", "exit_code", "signal", "oom_killed", "wall_seconds",
         "cpu_user_seconds", "cpu_system_seconds", "memory_peak_bytes", "io_read_bytes",
-        "io_write_bytes", "tasks_peak", "limits", "enforced", "cgroup_layout",
+        "io_write_bytes", "tasks_peak", "limits", "enforced", "capped", "cgroup_layout",
         "cgroup_controllers", "systemd_version", "backend_reason", "accuracy")
 
 
@@ -75,6 +75,8 @@ class Usage:
     # each record its own containers: a shared default would carry one job's values into the next
     limits: dict = field(default_factory=dict)
     enforced: dict = field(default_factory=dict)
+    # what the broker capped, and why (the caller's cgroup, the site's policy)
+    capped: dict = field(default_factory=dict)
     cgroup_layout: str | None = None
     cgroup_controllers: list = field(default_factory=list)
     systemd_version: int | None = None

@@ -205,7 +205,7 @@ def test_top_level_help_lists_the_verbs_and_each_works():
     assert (proc.returncode, proc.stderr) == (0, "")
     listed = proc.stdout.split("positional arguments:\n", 1)[1].split("\n\n", 1)[0]
     verbs = [line.split()[0] for line in listed.splitlines() if line.startswith("    ")]
-    assert verbs == ["run", "probe"]  # the two README documents
+    assert verbs == ["run", "probe", "broker"]  # the three README documents
     for verb in verbs:
         sub = cli(verb, "--help")
         assert (sub.returncode, sub.stderr) == (0, ""), verb

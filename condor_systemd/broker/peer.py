@@ -1,0 +1,191 @@
+"""Who is calling, and what they already have: identity and the caller's own limits.
+
+The caller is who the kernel says: SO_PEERCRED (uid, gid, pid at connect time), plus
+SO_PEERPIDFD where the kernel has it (Linux >= 6.5), a pidfd that cannot be confused with a
+process that later reuses the pid. Everything else about the caller is read from /proc/PID
+(its cgroup, rlimits, nice, oom_score_adj), never taken from its message, and re-checked
+against the pidfd afterwards: a caller that died (and whose pid was reused) meanwhile is gone.
+
+A job must not escape its HTCondor slot by leaving the slot's cgroup: :func:`cgroup_caps` reads
+the limits in force on the caller's cgroup and every ancestor (memory, CPU quota, cpuset, pids),
+on cgroup v2 and on v1/hybrid, so that the broker can cap the job's unit by them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+from typing import NamedTuple
+
+from ..backends import cgroupfs
+
+SO_PEERPIDFD = 77  # include/uapi/asm-generic/socket.h, Linux 6.5; not in Python 3.11's socket
+NO_PIDFD = -1
+
+
+class Peer(NamedTuple):
+    uid: int
+    gid: int
+    pid: int
+    pidfd: int  # NO_PIDFD where the kernel lacks SO_PEERPIDFD
+
+    def alive(self) -> bool:
+        """Is the process we identified still there (not a successor with its pid)?"""
+        if self.pidfd == NO_PIDFD:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                pass
+            return True
+        try:
+            signal.pidfd_send_signal(self.pidfd, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.pidfd != NO_PIDFD:
+            os.close(self.pidfd)
+
+
+def identify(sock: socket.socket) -> Peer:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    try:
+        pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError:  # ENOPROTOOPT before 6.5
+        pidfd = NO_PIDFD
+    return Peer(uid, gid, pid, pidfd)
+
+
+class Caps(NamedTuple):
+    """The caller's cgroup's limits (the tightest on the way to the root); None: no limit."""
+
+    memory_max: int | None = None
+    cpu_quota_percent: float | None = None
+    cpus: tuple[int, ...] | None = None
+    tasks_max: int | None = None
+    cgroup: str | None = None  # the caller's cgroup (the unified one if any), for the record
+    freeze_file: str | None = None  # its cgroup.events on cgroup v2: "frozen 1" when suspended
+
+
+def cgroup_caps(pid: int, layout: cgroupfs.Layout | None = None,
+                proc: str = "/proc") -> Caps:
+    """The limits in force where the caller runs; an unreadable cgroup gives no caps."""
+    layout = layout or cgroupfs.probe_layout()
+    paths = _cgroup_paths(f"{proc}/{pid}/cgroup")
+    memory = cpu = tasks = None
+    cpus: tuple[int, ...] | None = None
+    events = None
+    unified = paths.get("")
+    if layout.kind == "unified" and unified is not None and layout.unified:
+        for directory in _ancestors(layout.unified, unified):
+            memory = _min(memory, _bytes(directory, "memory.max"))
+            tasks = _min(tasks, _bytes(directory, "pids.max"))
+            cpu = _min(cpu, _v2_quota(directory))
+        cpus = _cpus(layout.unified + unified, "cpuset.cpus.effective")
+        events = os.path.join(layout.unified + unified, "cgroup.events")
+    else:
+        for controller, read in (("memory", "memory.limit_in_bytes"),
+                                 ("pids", "pids.max")):
+            mount, path = layout.v1.get(controller), paths.get(controller)
+            if mount and path is not None:
+                for directory in _ancestors(mount, path):
+                    value = _bytes(directory, read)
+                    if controller == "memory":
+                        memory = _min(memory, value)
+                    else:
+                        tasks = _min(tasks, value)
+        mount, path = layout.v1.get("cpu"), paths.get("cpu")
+        if mount and path is not None:
+            for directory in _ancestors(mount, path):
+                cpu = _min(cpu, _v1_quota(directory))
+        mount, path = layout.v1.get("cpuset"), paths.get("cpuset")
+        if mount and path is not None:
+            cpus = _cpus(mount + path, "cpuset.effective_cpus")
+        if unified is not None and layout.unified:
+            events = os.path.join(layout.unified + unified, "cgroup.events")
+    cgroup = unified if unified is not None else paths.get("name=systemd")
+    return Caps(memory, cpu, cpus, tasks, cgroup, events if events and os.path.exists(events)
+                else None)
+
+
+def _cgroup_paths(path: str) -> dict[str, str]:
+    """/proc/PID/cgroup: controller -> path ('' for the unified hierarchy)."""
+    out: dict[str, str] = {}
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        _id, _, rest = line.partition(":")
+        controllers, _, cgroup = rest.partition(":")
+        if not controllers:
+            out[""] = cgroup
+        for controller in controllers.split(","):
+            if controller:
+                out[controller] = cgroup
+    return out
+
+
+def _ancestors(mount: str, cgroup: str) -> list[str]:
+    """The cgroup's directory and its parents, up to (not including) the hierarchy's root."""
+    parts = [p for p in cgroup.split("/") if p]
+    return [os.path.join(mount, *parts[:n]) for n in range(len(parts), 0, -1)]
+
+
+def _read(directory: str, name: str) -> str | None:
+    try:
+        with open(os.path.join(directory, name)) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _bytes(directory: str, name: str) -> int | None:
+    text = _read(directory, name)
+    if text is None or not text.isdigit():
+        return None  # "max", absent, unreadable
+    value = int(text)
+    return None if value >= 2**62 else value  # v1's "unlimited" is a huge page-rounded number
+
+
+def _v2_quota(directory: str) -> float | None:
+    text = _read(directory, "cpu.max")
+    if not text:
+        return None
+    quota, _, period = text.partition(" ")
+    if quota == "max" or not quota.isdigit() or not period.isdigit() or int(period) == 0:
+        return None
+    return int(quota) * 100 / int(period)
+
+
+def _v1_quota(directory: str) -> float | None:
+    quota, period = _read(directory, "cpu.cfs_quota_us"), _read(directory, "cpu.cfs_period_us")
+    if not quota or not period or not quota.isdigit() or not period.isdigit():
+        return None  # -1: no quota
+    return int(quota) * 100 / int(period) if int(period) else None
+
+
+def _cpus(directory: str, name: str) -> tuple[int, ...] | None:
+    text = _read(directory, name)
+    if not text:
+        return None
+    from ..errors import UsageError
+    from ..spec import parse_cpu_list
+
+    try:
+        return parse_cpu_list(text)
+    except UsageError:
+        return None
+
+
+def _min(current, value):  # noqa: ANN001, ANN202 - int or float, None meaning "no limit"
+    if value is None:
+        return current
+    return value if current is None else min(current, value)

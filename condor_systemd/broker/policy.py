@@ -1,0 +1,201 @@
+"""The broker's policy: what an unprivileged caller may ask for, and the caps on what it gets.
+
+systemd's own check for StartTransientUnit (polkit) is all or nothing and caps no property, so
+the broker is the only policy point. For a caller that is not root, always:
+
+* the unit runs as the caller (User=/Group= are its uid/gid); --uid/--gid are root's only;
+* only the properties in ALLOWED (and the site's [properties] allow) may be set with -p; the
+  unit's command, identity, capabilities, stdio, Delegate=, other slices than condor.slice and
+  its children, scopes (the broker cannot fork the caller's process) are refused in one line;
+* limits are capped by the site policy file AND by the caller's own cgroup (under HTCondor: the
+  slot's), so that leaving HTCondor's cgroup never means escaping the slot's limits: without
+  --memory the job gets the caller's memory limit, with a larger one the smaller; the same for
+  the CPU quota, the tasks limit and the CPUs;
+* privileges the caller does not have are not handed out: rlimits at most the caller's hard
+  limits, nice and oom_score_adj not below the caller's.
+
+Every cap applied is returned as (key, text) so that the record and the journal can say it.
+The policy file (TOML, root-owned): POLICY_FILE; every key and its default is in DEFAULTS and
+in README ("The broker: policy").
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import UsageError
+from ..spec import Inheritance, JobSpec, Limits, format_cpu_list, parse_percent, parse_size
+from .peer import Caps
+
+POLICY_FILE = "/etc/condor-systemd/broker.toml"
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "broker": {
+        "max_connections": 2048,     # open connections, all callers together
+        "max_jobs_per_user": 256,    # running jobs per non-root uid
+        "request_timeout": 10.0,     # seconds a new connection has to make its call
+        "max_stop_timeout": 300.0,   # --stop-timeout ceiling for non-root callers
+    },
+    "limits": {  # ceilings for non-root callers' jobs ("" or absent: none)
+        "memory_max": "",            # SIZE, e.g. "64G"
+        "cpu_quota": "",             # percent of one CPU, e.g. "800%"
+        "tasks_max": 0,              # 0: none
+        "cap_by_caller_cgroup": True,
+    },
+    "properties": {
+        "allow": [],                 # more -p properties non-root callers may set
+    },
+}
+# -p properties a non-root caller may set: limits (capped like the options), accounting, and
+# sandboxing, which only takes rights away. Left out on purpose: SupplementaryGroups (grants
+# groups), MemoryLow/MemoryMin (protection from other jobs' pressure), OOMPolicy.
+ALLOWED = frozenset((
+    "CPUQuota", "CPUWeight", "AllowedCPUs", "AllowedMemoryNodes", "MemoryMax", "MemoryHigh",
+    "MemorySwapMax", "MemoryZSwapMax", "IOWeight", "TasksMax", "CPUAccounting",
+    "MemoryAccounting", "IOAccounting", "TasksAccounting", "ManagedOOMMemoryPressure",
+    "PrivateTmp", "PrivateUsers", "PrivateDevices", "PrivateNetwork", "PrivatePIDs",
+    "ProtectSystem", "ProtectHome", "ProtectKernelTunables", "ProtectControlGroups",
+    "ProtectProc", "NoNewPrivileges", "ReadWritePaths", "ReadOnlyPaths", "InaccessiblePaths",
+    "Nice", "RuntimeMaxSec", "UMask",
+    *(f"Limit{n}{soft}" for n in ("CPU", "FSIZE", "DATA", "STACK", "CORE", "NOFILE", "AS",
+                                  "NPROC", "MEMLOCK") for soft in ("", "Soft")),
+))
+
+
+class Policy:
+    def __init__(self, settings: dict[str, dict[str, Any]]) -> None:
+        self.settings = settings
+        broker, limits = settings["broker"], settings["limits"]
+        self.max_connections = int(broker["max_connections"])
+        self.max_jobs_per_user = int(broker["max_jobs_per_user"])
+        self.request_timeout = float(broker["request_timeout"])
+        self.max_stop_timeout = float(broker["max_stop_timeout"])
+        self.memory_max = parse_size(limits["memory_max"]) if limits["memory_max"] else None
+        self.cpu_quota = parse_percent(limits["cpu_quota"]) if limits["cpu_quota"] else None
+        self.tasks_max = int(limits["tasks_max"]) or None
+        self.cap_by_caller_cgroup = bool(limits["cap_by_caller_cgroup"])
+        self.allowed = ALLOWED | frozenset(settings["properties"]["allow"])
+
+    @classmethod
+    def load(cls, path: str = POLICY_FILE) -> Policy:
+        """The site's policy over DEFAULTS; a missing file is the defaults. Raises ValueError
+        naming the key for anything it cannot use (the broker then refuses to start)."""
+        settings = {section: dict(keys) for section, keys in DEFAULTS.items()}
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return cls(settings)
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python < 3.11
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        for section, keys in data.items():
+            if section not in DEFAULTS or not isinstance(keys, dict):
+                raise ValueError(f"{path}: unknown section [{section}]")
+            for key, value in keys.items():
+                if key not in DEFAULTS[section]:
+                    raise ValueError(f"{path}: unknown key {key} in [{section}]")
+                if type(value) is not type(DEFAULTS[section][key]) and not (
+                        isinstance(DEFAULTS[section][key], float) and type(value) is int):
+                    raise ValueError(f"{path}: [{section}] {key} must be a "
+                                     f"{type(DEFAULTS[section][key]).__name__}")
+                settings[section][key] = value
+        try:
+            return cls(settings)
+        except UsageError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+    # -- one caller's job ------------------------------------------------------------------------
+    def apply(self, spec: JobSpec, uid: int, gid: int, caps: Caps,
+              inherit: Inheritance) -> tuple[JobSpec, list[tuple[str, str]]]:
+        """The spec as a non-root caller may have it, and the caps applied (key, why)."""
+        if spec.user is not None or spec.group is not None:
+            raise UsageError("--uid/--gid need root")
+        if spec.scope:
+            raise UsageError("--scope is not available through the broker (a scope holds the "
+                             "caller's own processes); run the job as a service")
+        if spec.slice != "condor.slice" and not spec.slice.startswith("condor-"):
+            raise UsageError(f"slice {spec.slice} is not condor.slice or one of its children")
+        for name, _text in spec.properties:
+            if name not in self.allowed:
+                raise UsageError(f"-p {name} is not allowed for unprivileged callers (the "
+                                 "broker's policy; see README)")
+        capped: list[tuple[str, str]] = []
+        limits = self._capped_limits(spec.limits, caps, capped)
+        stop_timeout = spec.stop_timeout
+        if stop_timeout > self.max_stop_timeout:
+            capped.append(("stop_timeout", f"{stop_timeout:g} s capped to the policy's "
+                                           f"{self.max_stop_timeout:g} s"))
+            stop_timeout = self.max_stop_timeout
+        properties = tuple(self._capped_property(name, text, inherit, capped)
+                           for name, text in spec.properties)
+        spec = spec._replace(user=str(uid), group=str(gid), limits=limits,
+                             stop_timeout=stop_timeout, properties=properties)
+        return spec, capped
+
+    def _capped_limits(self, limits: Limits, caps: Caps, capped: list) -> Limits:
+        by_cgroup = f"the caller's cgroup {caps.cgroup}"
+        ceilings: dict[str, list[tuple[object, str]]] = {
+            "memory_max": [(self.memory_max, "the broker's policy")],
+            "cpu_quota_percent": [(self.cpu_quota, "the broker's policy")],
+            "tasks_max": [(self.tasks_max, "the broker's policy")],
+        }
+        if self.cap_by_caller_cgroup:
+            ceilings["memory_max"].append((caps.memory_max, by_cgroup))
+            ceilings["cpu_quota_percent"].append((caps.cpu_quota_percent, by_cgroup))
+            ceilings["tasks_max"].append((caps.tasks_max, by_cgroup))
+        values = limits._asdict()
+        for key, options in ceilings.items():
+            for ceiling, why in options:
+                if ceiling is None:
+                    continue
+                asked = values[key]
+                if asked is None or asked > ceiling:
+                    values[key] = ceiling
+                    what = "none asked" if asked is None else f"asked {asked}"
+                    capped.append((key, f"{what}, capped to {ceiling} by {why}"))
+        if self.cap_by_caller_cgroup and caps.cpus is not None:
+            asked_cpus = values["allowed_cpus"]
+            if asked_cpus is not None:
+                kept = tuple(c for c in asked_cpus if c in caps.cpus)
+                if not kept:
+                    raise UsageError(f"none of CPUs {format_cpu_list(asked_cpus)} is available "
+                                     f"to the caller ({format_cpu_list(caps.cpus)})")
+                if kept != asked_cpus:
+                    values["allowed_cpus"] = kept
+                    capped.append(("allowed_cpus", f"asked {format_cpu_list(asked_cpus)}, "
+                                                   f"capped to {format_cpu_list(kept)} by "
+                                                   f"{by_cgroup}"))
+        return Limits(**values)
+
+    def _capped_property(self, name: str, text: str, inherit: Inheritance,
+                         capped: list) -> tuple[str, str]:
+        """-p values that would grant what the caller lacks: raised or lowered to its own."""
+        if name == "Nice" and inherit.nice is not None and int(text) < inherit.nice:
+            capped.append((name, f"asked {text}, raised to the caller's own nice {inherit.nice}"))
+            return name, str(inherit.nice)
+        if name.startswith("Limit"):
+            from ..backends.properties import TABLE
+
+            rlimit = name[len("Limit"):].removesuffix("Soft")
+            hard = inherit.hard_limit(rlimit)
+            value = TABLE[name].parse(text)  # type: ignore[misc]
+            if hard >= 0 and isinstance(value, int) and value > hard:
+                capped.append((name, f"asked {text}, capped to the caller's hard limit {hard}"))
+                return name, str(hard)
+        return name, text
+
+
+def check_owner(path: str) -> None:
+    """A policy file anybody but root could write is no policy: refuse it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise ValueError(f"{path} must be owned by root and writable by nobody else")

@@ -1,0 +1,210 @@
+"""The broker's one loop: listening sockets, callers' connections, systemd's signals, timers.
+
+A selector waits on every fd at once; nothing polls. Calls to systemd are made inline (it answers
+within milliseconds); its signals, read during those calls or when its socket is readable, are
+routed to the jobs by the backend and from there to the sessions.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import selectors
+import signal
+import socket
+import time
+from typing import Callable
+
+from ..backends.systemd import SystemdBackend
+from ..log import Log
+from .policy import Policy
+from .session import Session
+
+CLEANUP_TIMEOUT = 10.0  # after collect(), how long a unit may take to go before we let it be
+
+
+class Server:
+    def __init__(self, listeners: list[socket.socket], backend: SystemdBackend, policy: Policy,
+                 log: Log) -> None:
+        self.backend, self.policy, self.log = backend, policy, log
+        self.selector = selectors.DefaultSelector()
+        self.listeners = listeners
+        for sock in listeners:
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ, ("listen", sock))
+        self.selector.register(backend.conn.fileno(), selectors.EVENT_READ, ("bus", None))
+        self.bus_fd = backend.conn.fileno()
+        self.sessions: dict[int, Session] = {}  # by socket fd, while connected
+        self.by_unit: dict[str, Session] = {}  # sessions whose job is not yet released
+        self.ended_waiters: set[Session] = set()  # hung up, job still ending
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self.stopping = False
+
+    # -- the loop ------------------------------------------------------------------------------
+    def serve(self) -> None:
+        self.log.info(f"listening; systemd {self.backend.version}, "
+                      f"cgroup {self.backend.layout.kind}")
+        while not self.stopping:
+            timeout = None
+            if self._timers:
+                timeout = max(0.0, self._timers[0][0] - time.monotonic())
+            for key, mask in self.selector.select(timeout):
+                kind, obj = key.data
+                if kind == "listen":
+                    self.accept(obj)
+                elif kind == "bus":
+                    pass  # pumped below, together with what calls have queued
+                elif kind == "session":
+                    if mask & selectors.EVENT_READ:
+                        obj.readable()
+                    if mask & selectors.EVENT_WRITE and not obj.closed:
+                        obj.writable()
+                elif kind == "signal":
+                    self.signalled(obj)
+            self.pump()
+            self.run_timers()
+
+    def pump(self) -> None:
+        if self.backend.conn.fileno() != self.bus_fd:  # reconnected after a daemon-reexec
+            self.selector.unregister(self.bus_fd)
+            self.bus_fd = self.backend.conn.fileno()
+            self.selector.register(self.bus_fd, selectors.EVENT_READ, ("bus", None))
+        for job in self.backend.pump():
+            session = self.by_unit.get(job.unit or "")
+            if session is None:
+                continue
+            if session in self.ended_waiters:
+                if job.has_ended():
+                    self.ended_waiters.discard(session)
+                    session.collect_quietly()
+            elif not session.final_sent:
+                session.job_event()
+            if job.released:
+                self.released(session)
+
+    def run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, callback = heapq.heappop(self._timers)
+            callback()
+            self.pump()  # a callback's calls may have brought news
+
+    def at(self, deadline: float, callback: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (deadline, next(self._seq), callback))
+
+    # -- connections ---------------------------------------------------------------------------
+    def accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and the like: keep serving those we have
+                self.log.warning(f"accept failed: {exc}")
+                return
+            if len(self.sessions) >= self.policy.max_connections:
+                sock.close()  # over the limit: the caller sees the connection closed
+                continue
+            sock.setblocking(False)
+            session = Session(self, sock)
+            self.sessions[sock.fileno()] = session
+            self.selector.register(sock, selectors.EVENT_READ, ("session", session))
+            self.at(time.monotonic() + self.policy.request_timeout,
+                    _bound(self.idle_check, session))
+
+    def idle_check(self, session: Session) -> None:
+        """A connection must make its call in time, and go once it has its answer."""
+        if not session.closed and (session.job is None or session.final_sent):
+            session.hang_up()
+
+    def want_write(self, session: Session, on: bool = True) -> None:
+        if session.closed:
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
+        self.selector.modify(session.sock, events, ("session", session))
+
+    def forget_socket(self, session: Session) -> None:
+        fd = session.sock.fileno()
+        if self.sessions.get(fd) is session:
+            del self.sessions[fd]
+            self.selector.unregister(session.sock)
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def started(self, session: Session) -> None:
+        assert session.job is not None and session.job.unit is not None
+        self.by_unit[session.job.unit] = session
+
+    def when_ended(self, session: Session) -> None:
+        self.ended_waiters.add(session)
+        if session.job is not None and session.job.has_ended():
+            self.ended_waiters.discard(session)
+            session.collect_quietly()
+
+    def releasing(self, session: Session) -> None:
+        """collect() let the unit go: forget it when systemd has, or after a while anyway."""
+        job = session.job
+        if job is None:
+            return
+        if job.released:
+            self.released(session)
+            return
+        self.at(time.monotonic() + job.spec.stop_timeout + CLEANUP_TIMEOUT,
+                lambda: self.give_up_on(session))
+
+    def give_up_on(self, session: Session) -> None:
+        job = session.job
+        if job is not None and not job.released:
+            job.log.warning(f"{job.unit} was not removed within the cleanup timeout")
+            job.reset_failed()
+            self.backend.forget(job)
+            self.released(session)
+
+    def released(self, session: Session) -> None:
+        job = session.job
+        if job is not None and self.by_unit.get(job.unit or "") is session:
+            del self.by_unit[job.unit or ""]
+
+    def jobs_of(self, uid: int) -> int:
+        return sum(1 for s in self.by_unit.values() if s.peer.uid == uid)
+
+    def list_jobs(self, uid: int) -> list[dict]:
+        return [{"unit": s.job.unit, "job_id": s.job.spec.job_id, "uid": s.peer.uid,
+                 "pid": s.peer.pid, "state": f"{s.job.active_state}/{s.job.sub_state}"}
+                for s in self.by_unit.values()
+                if s.job is not None and s.job.unit and (uid == 0 or s.peer.uid == uid)]
+
+    # -- stopping ------------------------------------------------------------------------------
+    def watch_signals(self) -> None:
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, lambda *_: None)
+        self.selector.register(read_fd, selectors.EVENT_READ, ("signal", read_fd))
+
+    def signalled(self, read_fd: int) -> None:
+        try:
+            got = os.read(read_fd, 64)
+        except BlockingIOError:
+            return
+        if signal.SIGTERM in got or signal.SIGINT in got:
+            self.shut_down()
+
+    def shut_down(self) -> None:
+        """Stop: every job still running is killed (a job must not outlive the broker that
+        answers for it) and its caller told it ended by SIGKILL."""
+        self.stopping = True
+        self.log.info(f"stopping; killing {len(self.by_unit)} jobs")
+        for session in list(self.by_unit.values()):
+            if session.job is not None and not session.final_sent:
+                session.job.kill_unit(signal.SIGKILL)
+        deadline = time.monotonic() + CLEANUP_TIMEOUT
+        while any(s.job is not None and not s.final_sent for s in self.by_unit.values()) \
+                and time.monotonic() < deadline:
+            self.selector.select(0.05)
+            self.pump()
+
+
+def _bound(method: Callable[[Session], None], session: Session) -> Callable[[], None]:
+    return lambda: method(session)

@@ -1,0 +1,296 @@
+"""One caller's connection: its calls, and the job it runs (at most one).
+
+Everything a caller sends is hostile until checked: frames are bounded and parsed by varlink.py,
+parameters are type-checked here, options go through the same parser as `condor-systemd run`,
+the policy applies to non-root callers, and fds are checked before systemd gets them and closed
+by us on every path. A caller that breaks the protocol is cut off (and its job stopped); one
+that disconnects or dies stops its job at once (HTCondor's hard kill, a crashed wrapper).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from .. import varlink
+from ..errors import CondorSystemdError, LaunchError, UsageError
+from ..log import Log
+from ..spec import Inheritance
+from . import interface, peer
+
+if TYPE_CHECKING:
+    from ..backends.unitjob import SystemdJob
+    from ..usage import Usage
+    from .server import Server
+
+STOPPING = (signal.SIGTERM, signal.SIGINT)
+FORWARDABLE = frozenset(range(1, 32)) - {signal.SIGKILL, signal.SIGSTOP}
+
+
+class SessionLog(Log):
+    """The job's diagnostics: to the journal (with its unit), and to the caller as notices."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(to_tty=False)
+        self.session = session
+        self.notices: list[dict] = []
+
+    def emit(self, priority: int, message: str) -> None:
+        super().emit(priority, message)
+        self.notices.append({"priority": priority, "message": message})
+
+
+class Session:
+    def __init__(self, server: Server, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.peer = peer.identify(sock)
+        self.reader = varlink.Reader()
+        self.outbox = varlink.Outbox()
+        self.job: SystemdJob | None = None
+        self.log: SessionLog | None = None
+        self.usage_format = "json"
+        self.final_sent = False
+        self.hung_up = False
+        self.closed = False
+        self.stop_deadline: float | None = None
+        self.killed = False
+        self.capped: list[tuple[str, str]] = []
+        self.usage_file: str | None = None
+        self.log_file: str | None = None
+
+    # -- input ---------------------------------------------------------------------------------
+    def readable(self) -> None:
+        try:
+            alive = varlink.recv_into(self.sock, self.reader)
+            while (got := self.reader.next()) is not None:
+                message, fds = got
+                try:
+                    self.dispatch(message, fds)
+                finally:
+                    for fd in fds:
+                        _close(fd)
+        except varlink.ProtocolError as exc:
+            self.server.log.notice(f"uid {self.peer.uid} pid {self.peer.pid}: {exc}; "
+                                   "closing the connection")
+            alive = False
+        except OSError:
+            alive = False
+        if not alive:
+            self.hang_up()
+
+    def dispatch(self, message: dict, fds: list[int]) -> None:
+        method, parameters, more, oneway = varlink.validate_call(message)
+        if self.job is not None:
+            if method == f"{interface.NAME}.Signal" and oneway:
+                self.forward(parameters)
+                return
+            raise varlink.ProtocolError("only oneway Signal calls while a job runs")
+        answer = self.answer(method, parameters, more, fds)
+        if answer is not None and not oneway:
+            self.send(answer)
+
+    def answer(self, method: str, parameters: dict, more: bool, fds: list[int]) -> dict | None:
+        iface, _, name = method.rpartition(".")
+        if iface == "org.varlink.service":
+            if name == "GetInfo":
+                return varlink.reply(interface.info())
+            if name == "GetInterfaceDescription":
+                wanted = parameters.get("interface")
+                if wanted == interface.NAME:
+                    return varlink.reply({"description": interface.DESCRIPTION})
+                if wanted == "org.varlink.service":
+                    return varlink.reply({"description": varlink.SERVICE_INTERFACE})
+                return varlink.error(varlink.INTERFACE_NOT_FOUND, {"interface": str(wanted)})
+        elif iface == interface.NAME:
+            if name == "List":
+                return varlink.reply({"jobs": self.server.list_jobs(self.peer.uid)})
+            if name == "Run":
+                if not more:
+                    return varlink.error(varlink.EXPECTED_MORE)
+                return self.run(parameters, fds)
+            if name == "Signal":
+                return interface.reply_error(interface.NO_JOB)
+        else:
+            return varlink.error(varlink.INTERFACE_NOT_FOUND, {"interface": iface})
+        return varlink.error(varlink.METHOD_NOT_FOUND, {"method": method})
+
+    # -- Run -----------------------------------------------------------------------------------
+    def run(self, parameters: dict, fds: list[int]) -> dict | None:
+        try:
+            spec, stdio = self.prepare(parameters, fds)
+        except interface.Invalid as exc:
+            return varlink.error(varlink.INVALID_PARAMETER, {"parameter": exc.parameter})
+        except UsageError as exc:
+            return interface.reply_error(interface.USAGE_ERROR, message=str(exc))
+        except CondorSystemdError as exc:
+            return interface.reply_error(interface.LAUNCH_FAILED, message=str(exc),
+                                         exit_code=exc.exit_code)
+        limit = self.server.policy.max_jobs_per_user
+        if self.peer.uid != 0 and self.server.jobs_of(self.peer.uid) >= limit:
+            return interface.reply_error(interface.TOO_MANY_JOBS, limit=limit)
+        self.log = SessionLog(self)
+        for key, why in self.capped:
+            self.log.notice(f"{key}: {why}")
+        try:
+            self.job = self.server.backend.start(spec, stdio, self.log)
+        except CondorSystemdError as exc:
+            self.log.error(str(exc))
+            return interface.reply_error(interface.LAUNCH_FAILED, message=str(exc),
+                                         exit_code=exc.exit_code)
+        self.server.started(self)
+        self.send(varlink.reply({"unit": self.job.unit, "usage_file": self.usage_file,
+                                 "usage_format": self.usage_format, "log_file": self.log_file,
+                                 "notices": self.take_notices()}, continues=True))
+        self.job_event()  # it may have ended already
+        return None
+
+    def prepare(self, parameters: dict, fds: list[int]):  # noqa: ANN201 - (JobSpec, stdio)
+        from ..cli import Caller, build_parser, spec_from_args
+
+        arguments = interface.strings(parameters, "arguments", 1024)
+        command = interface.strings(parameters, "command", 65536)
+        executable = interface.string(parameters, "executable")
+        cwd = interface.string(parameters, "cwd")
+        environ = interface.environment(interface.strings(parameters, "environment"))
+        stdio = interface.check_stdio(fds, *(interface.integer(parameters, name, 0, 2)
+                                             for name in ("stdin", "stdout", "stderr")))
+        job_id = interface.string(parameters, "job_id", optional=True)
+        slot = interface.string(parameters, "slot", optional=True)
+        if not command:
+            raise interface.Invalid("command")
+        if not (executable or "").startswith("/") or not (cwd or "").startswith("/"):
+            raise interface.Invalid("executable" if not (executable or "").startswith("/")
+                                    else "cwd")
+        if any(a in ("-h", "--help") for a in arguments):
+            raise UsageError("--help is not a job")
+        try:
+            args = build_parser().parse_args(["run", *arguments, "--", *command])
+        except SystemExit:  # argparse's own exits (none expected with help refused)
+            raise UsageError("cannot parse the options") from None
+        if args.backend == "psutil":
+            raise UsageError("--backend psutil runs without the broker")
+        caller = Caller(cwd, executable, job_id, slot, self.peer.pid)  # type: ignore[arg-type]
+        spec = spec_from_args(args, environ, caller)
+        inherit = Inheritance.of_process(self.peer.pid)
+        caps = peer.cgroup_caps(self.peer.pid, self.server.backend.layout)
+        if not self.peer.alive():
+            raise LaunchError("the caller is gone")
+        if self.peer.uid != 0:
+            spec = spec._replace(job_id=f"u{self.peer.uid}-{spec.job_id}")
+            spec, self.capped = self.server.policy.apply(spec, self.peer.uid, self.peer.gid,
+                                                         caps, inherit)
+        self.usage_file, self.usage_format = args.usage_file, args.usage_format
+        self.log_file = args.log_file
+        return spec._replace(inherit=inherit), stdio
+
+    # -- the job's life -------------------------------------------------------------------------
+    def forward(self, parameters: dict) -> None:
+        signum = parameters.get("signal")
+        if type(signum) is not int or signum not in FORWARDABLE or self.job is None:
+            return  # oneway: nothing to answer; a bad one is ignored
+        self.job.send_signal(signum)
+        if signum in STOPPING and self.stop_deadline is None:
+            self.stop_deadline = time.monotonic() + self.job.spec.stop_timeout
+            self.server.at(self.stop_deadline, self.stop_timeout_reached)
+
+    def stop_timeout_reached(self) -> None:
+        if self.job is not None and not self.final_sent and not self.killed:
+            self.killed = True
+            self.job.kill()
+            self.job_event()
+
+    def job_event(self) -> None:
+        """The job's unit changed: if its main process has ended, collect and reply."""
+        job = self.job
+        if job is None or self.final_sent or not job.has_ended():
+            self.flush_notices()
+            return
+        self.final_sent = True
+        try:
+            usage = job.collect()
+        except CondorSystemdError as exc:
+            self.send(interface.reply_error(interface.LAUNCH_FAILED, message=str(exc),
+                                            exit_code=exc.exit_code))
+        else:
+            self.send(varlink.reply({**self.final(usage), "notices": self.take_notices()}))
+        self.server.releasing(self)
+
+    def final(self, usage: Usage) -> dict:
+        for key, why in self.capped:
+            usage.capped[key] = why
+        record = usage.to_classad() if self.usage_format == "classad" else usage.to_json()
+        return {"exit_code": usage.exit_code, "signal": usage.signal, "record": record}
+
+    def hang_up(self) -> None:
+        """The caller closed the connection or died: its job is over (HTCondor's hard kill)."""
+        if self.hung_up:
+            return
+        self.hung_up = True
+        self.server.forget_socket(self)
+        if self.job is not None and not self.final_sent:
+            self.job.log.notice("the caller is gone: killing every process of the job")
+            self.final_sent = True  # nobody to tell; collect() lets the unit go
+            self.job.kill_unit(signal.SIGKILL)
+            self.server.when_ended(self)
+        self.close()
+
+    def collect_quietly(self) -> None:
+        """After a hang-up: the job has ended; read nothing back to anybody, release it."""
+        if self.job is None:
+            return
+        try:
+            self.job.collect()
+        except CondorSystemdError:
+            pass
+        self.server.releasing(self)
+
+    # -- output --------------------------------------------------------------------------------
+    def take_notices(self) -> list[dict]:
+        if self.log is None:
+            return []
+        notices, self.log.notices = self.log.notices, []
+        return notices
+
+    def flush_notices(self) -> None:
+        if self.log is not None and self.log.notices and not self.final_sent:
+            self.send(varlink.reply({"notices": self.take_notices()}, continues=True))
+
+    def send(self, message: dict) -> None:
+        if self.closed:
+            return
+        try:
+            self.outbox.queue(message)
+            if not self.outbox.flush(self.sock):
+                self.server.want_write(self)
+        except varlink.ProtocolError as exc:  # it does not read its replies
+            self.server.log.notice(f"uid {self.peer.uid} pid {self.peer.pid}: {exc}")
+            self.hang_up()
+        except OSError:
+            self.hang_up()
+
+    def writable(self) -> None:
+        try:
+            if self.outbox.flush(self.sock):
+                self.server.want_write(self, False)
+        except OSError:
+            self.hang_up()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.reader.close()
+            self.outbox.close()
+            self.sock.close()
+            self.peer.close()
+
+
+def _close(fd: int) -> None:
+    import os
+
+    try:
+        os.close(fd)
+    except OSError:
+        pass

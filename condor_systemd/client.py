@@ -1,0 +1,245 @@
+"""The thin client: `condor-systemd run` through the broker, as any user, root included.
+
+It starts once per job and lives as long as the job, so it imports only what it needs: os, sys,
+signal, select and the varlink framing (json, socket, array) -- no argparse, jeepney, psutil or
+asyncio. The broker parses the options (it is the policy point); the client does what only the
+caller can do:
+
+* resolve the command in its own PATH and its own view of the filesystem (the broker never
+  looks at paths on a user's behalf), and read the job id from its HTCondor job ad;
+* pass its stdin/stdout/stderr as fds, its environment and working directory (what else the
+  job inherits from it -- umask, rlimits, CPU affinity, oom_score_adj, nice -- the broker reads
+  from /proc itself: a caller could lie about it);
+* forward the signals it gets (a oneway Signal call on the same connection; the broker stops
+  the job after --stop-timeout);
+* write the usage file and the log file as the caller, and exit with the job's status.
+
+Closing the connection, or dying, means "stop the job": the broker kills it at once.
+
+Exit status as for `condor-systemd run` (cli.py): the job's own, or 2 for bad usage, 125 when
+the job could not be launched (the broker unreachable or refusing: HTCondor's error file is
+written so that the job is requeued, never run without the broker), 126/127 for the command.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+
+from . import varlink
+from .command import resolve_command
+from .errors import CondorSystemdError, LaunchError, UsageError
+from .exits import (
+    WRAPPER_ERROR_FILE,
+    die_by_signal,
+    stdio_fds,
+    tell_htcondor,
+    write_file_atomically,
+)
+
+INTERFACE = "io.condorsystemd.Job"
+SOCKET = f"/run/condor-systemd/{INTERFACE}"
+SOCKET_VARIABLE = "CONDOR_SYSTEMD_SOCKET"  # another broker's socket (tests, several brokers)
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2)
+NOTICE = 5  # syslog priority: notices and worse reach a terminal
+
+
+def socket_path() -> str:
+    return os.environ.get(SOCKET_VARIABLE) or SOCKET
+
+
+def broker_installed() -> bool:
+    return os.path.exists(socket_path())
+
+
+class _Failed(Exception):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def run(options: list[str], command: list[str]) -> int:
+    """Run `condor-systemd run OPTIONS -- COMMAND` through the broker; the wrapper's status."""
+    environ = dict(os.environ)
+    client = _Client(environ)
+    try:
+        return client.run(options, command)
+    except CondorSystemdError as exc:  # before the broker was asked: the command, the cwd
+        return client.fail(str(exc), exc.exit_code, isinstance(exc, LaunchError))
+    except _Failed as exc:
+        return client.fail(str(exc), exc.exit_code, exc.exit_code != UsageError.exit_code)
+
+
+class _Client:
+    def __init__(self, environ: dict[str, str]) -> None:
+        self.environ = environ
+        self.log_file: str | None = None
+        self.to_tty = sys.stderr.isatty()
+
+    def fail(self, message: str, exit_code: int, launch_failure: bool) -> int:
+        print(f"condor-systemd: {message}", file=sys.stderr)
+        self.note(3, message)
+        if launch_failure:
+            tell_htcondor(self.environ, message)
+        return exit_code
+
+    def note(self, priority: int, message: str) -> None:
+        """The broker already put it in the journal; the caller's own log file and terminal."""
+        if self.log_file:
+            import time
+
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            try:
+                with open(self.log_file, "a", encoding="utf-8") as f:
+                    f.write(f"{stamp} condor-systemd[{os.getpid()}]: {message}\n")
+            except OSError:
+                pass
+        if self.to_tty and priority <= NOTICE and priority > 3:
+            print(f"condor-systemd: {message}", file=sys.stderr)
+
+    def run(self, options: list[str], command: list[str]) -> int:
+        try:
+            cwd = os.getcwd()
+        except FileNotFoundError:
+            raise LaunchError("the current working directory no longer exists") from None
+        job_env = {k: v for k, v in self.environ.items() if k != WRAPPER_ERROR_FILE}
+        executable = resolve_command(command[0], job_env, cwd)
+        stdio = stdio_fds()
+        parameters = {"arguments": options, "command": command, "executable": executable,
+                      "cwd": cwd, "environment": _environment(job_env),
+                      "stdin": 0, "stdout": 1, "stderr": 2, **_job_ids(self.environ)}
+        sock = self.connect()
+        try:
+            varlink.send(sock, {"method": f"{INTERFACE}.Run", "parameters": parameters,
+                                "more": True}, stdio)
+        except OSError as exc:
+            raise _Failed(f"the broker at {socket_path()} cannot be reached: "
+                          f"{exc.strerror or exc}", LaunchError.exit_code) from None
+        except ValueError as exc:  # not representable in JSON (cannot happen: filtered)
+            raise _Failed(f"cannot send the job to the broker: {exc}", 125) from None
+        return self.wait(sock)
+
+    def connect(self):  # noqa: ANN201 - a socket.socket; not imported for the annotation
+        import socket
+
+        path = socket_path()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            raise _Failed(f"the broker at {path} cannot be reached: {exc.strerror or exc}",
+                          LaunchError.exit_code) from None
+        return sock
+
+    def wait(self, sock) -> int:  # noqa: ANN001
+        """Until the final reply: forward signals, relay notices; then end as the job did."""
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        for s in FORWARDED:
+            signal.signal(s, _wake_only)
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        poller.register(read_fd, select.POLLIN)
+        reader = varlink.Reader()
+        started: dict = {}
+        while True:
+            poller.poll()
+            for signum in _drained(read_fd):
+                if signum in FORWARDED:
+                    self.forward(sock, signum)
+            try:
+                alive = varlink.recv_into(sock, reader)
+                while (got := reader.next()) is not None:
+                    message, fds = got
+                    for fd in fds:
+                        os.close(fd)  # the broker sends none; never keep what we did not ask for
+                    parameters, continues = varlink.validate_reply(message, True)
+                    self.relay(parameters)
+                    if not continues:
+                        return self.finish(started or parameters, parameters)
+                    started.update(parameters)
+            except varlink.VarlinkError as exc:
+                raise _Failed(*_error_of(exc)) from None
+            except (varlink.ProtocolError, OSError) as exc:
+                raise _Failed(f"lost the broker: {exc}", LaunchError.exit_code) from None
+            if not alive:
+                what = "while the job ran" if started else "before the job started"
+                raise _Failed(f"the broker closed the connection {what}", LaunchError.exit_code)
+
+    def forward(self, sock, signum: int) -> None:  # noqa: ANN001
+        try:
+            varlink.send(sock, {"method": f"{INTERFACE}.Signal",
+                                "parameters": {"signal": signum}, "oneway": True})
+        except OSError:
+            pass  # the broker is gone: the next read says so
+
+    def relay(self, parameters: dict) -> None:
+        if "log_file" in parameters:
+            self.log_file = parameters["log_file"] or None
+        for notice in parameters.get("notices") or ():
+            self.note(int(notice.get("priority", NOTICE)), str(notice.get("message", "")))
+
+    def finish(self, started: dict, final: dict) -> int:
+        path, record = started.get("usage_file"), final.get("record")
+        if path and record is not None:
+            failed = write_file_atomically(path, record)
+            if failed:
+                self.note(3, f"cannot write usage file {path}: {failed}")
+        if final.get("signal"):
+            return die_by_signal(int(final["signal"]))
+        if final.get("exit_code") is None:
+            self.note(3, "the job's exit status is unknown")
+            return LaunchError.exit_code
+        return int(final["exit_code"])
+
+
+def _wake_only(signum: int, frame: object) -> None:
+    """The wakeup fd carries the signal; the handler itself has nothing to do."""
+
+
+def _drained(fd: int) -> bytes:
+    try:
+        return os.read(fd, 512)
+    except BlockingIOError:
+        return b""
+
+
+def _error_of(exc: varlink.VarlinkError) -> tuple[str, int]:
+    """The broker's error reply -> (message, exit status)."""
+    parameters = exc.parameters or {}
+    message = str(parameters.get("message") or exc.name)
+    short = exc.name.rsplit(".", 1)[-1]
+    if short == "UsageError":
+        return message, UsageError.exit_code
+    if short == "LaunchFailed":
+        code = parameters.get("exit_code")
+        return message, code if code in (125, 126, 127) else LaunchError.exit_code
+    if exc.name == varlink.PERMISSION_DENIED:
+        return "the broker refused: permission denied", LaunchError.exit_code
+    return f"the broker failed: {message}", LaunchError.exit_code
+
+
+def _environment(environ: dict[str, str]) -> list[str]:
+    """NAME=value for JSON: a value that is not valid UTF-8 cannot travel (nor would systemd
+    take it), so it is left out here, as the in-process path leaves it out of the unit."""
+    out = []
+    for name, value in environ.items():
+        entry = f"{name}={value}"
+        try:
+            entry.encode("utf-8")
+        except UnicodeEncodeError:
+            continue
+        out.append(entry)
+    return out
+
+
+def _job_ids(environ: dict[str, str]) -> dict:
+    """The job id and slot from HTCondor's ads, read as the caller (the broker reads no
+    files on anybody's behalf)."""
+    from .jobad import job_id_from_env, slot_from_env
+
+    return {"job_id": job_id_from_env(environ), "slot": slot_from_env(environ)}
