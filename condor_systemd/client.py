@@ -147,10 +147,12 @@ class _Client:
         reader = varlink.Reader()
         started: dict = {}
         while True:
-            poller.poll()
+            ready = {fd for fd, _event in poller.poll()}
             for signum in _drained(read_fd):
                 if signum in FORWARDED:
                     self.forward(sock, signum)
+            if sock.fileno() not in ready:
+                continue  # a signal only: the socket is blocking, reading would wait
             try:
                 alive = varlink.recv_into(sock, reader)
                 while (got := reader.next()) is not None:

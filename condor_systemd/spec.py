@@ -206,13 +206,11 @@ class Inheritance(NamedTuple):
                         umask = int(line.split()[1], 8)
         except (OSError, ValueError):
             pass
-        rlimits = []
-        for name in RLIMIT_NAMES:
-            try:
-                soft, hard = resource.prlimit(pid, getattr(resource, f"RLIMIT_{name}"))
-            except OSError:
-                continue
-            rlimits.append((name, soft, hard))
+        if pid == 0:
+            rlimits = tuple((name, *resource.getrlimit(getattr(resource, f"RLIMIT_{name}")))
+                            for name in RLIMIT_NAMES)
+        else:  # /proc/PID/limits needs no CAP_SYS_RESOURCE, which prlimit(2) would
+            rlimits = _proc_limits(f"{proc}/limits")
         try:
             cpus: tuple[int, ...] | None = tuple(sorted(os.sched_getaffinity(pid)))
         except OSError:
@@ -226,11 +224,39 @@ class Inheritance(NamedTuple):
             nice: int | None = os.getpriority(os.PRIO_PROCESS, pid)
         except OSError:
             nice = None
-        return cls(umask, tuple(rlimits), cpus, oom, nice)
+        return cls(umask, rlimits, cpus, oom, nice)
 
     def hard_limit(self, name: str) -> int:
         """The hard rlimit (-1: infinity or unknown)."""
         return next((hard for n, _soft, hard in self.rlimits if n == name), -1)
+
+
+# /proc/PID/limits' row names (fs/proc/base.c lnames) -> setrlimit names
+_PROC_LIMITS = {"Max cpu time": "CPU", "Max file size": "FSIZE", "Max data size": "DATA",
+                "Max stack size": "STACK", "Max core file size": "CORE",
+                "Max open files": "NOFILE", "Max address space": "AS",
+                "Max processes": "NPROC", "Max locked memory": "MEMLOCK"}
+
+
+def _proc_limits(path: str) -> tuple[tuple[str, int, int], ...]:
+    """(NAME, soft, hard) from /proc/PID/limits; -1 for "unlimited"."""
+    out = []
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return ()
+    for line in lines:
+        label = line[:26].strip()  # the kernel pads the row name to 25 columns
+        name = _PROC_LIMITS.get(label)
+        fields = line[26:].split()
+        if name is None or len(fields) < 2:
+            continue
+        soft, hard = (-1 if v == "unlimited" else int(v) if v.isdigit() else None
+                      for v in fields[:2])
+        if soft is not None and hard is not None:
+            out.append((name, soft, hard))
+    return tuple(sorted(out, key=lambda entry: RLIMIT_NAMES.index(entry[0])))
 
 
 class _JobSpecFields(NamedTuple):

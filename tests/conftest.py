@@ -1,4 +1,6 @@
-"""Fixtures for the tests that run real jobs: `jobs` runs each behaviour test on both backends.
+"""Fixtures for the tests that run real jobs: `jobs` runs each behaviour test three ways: on
+systemd in-process as root, on systemd through the broker as an unprivileged user, and on the
+psutil fallback.
 
 The systemd side needs root and the sandbox; as non-root it skips with the reason, and CI
 (root) fails if it skipped. The psutil side runs on this host, where systemd is not PID 1.
@@ -16,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import broker as broker_harness
 from tests.harness import system
 from tests.harness.sandbox import Sandbox, raise_on_sigterm, unavailable_reason
-from tests.jobs import WORK_ROOT, HostJobs, Jobs, SystemdJobs
+from tests.jobs import WORK_ROOT, BrokerJobs, HostJobs, Jobs, SystemdJobs
 
-BACKENDS = ["systemd"] if system.wanted() else ["systemd", "psutil"]
+BACKENDS = ["systemd", "broker"] if system.wanted() else ["systemd", "broker", "psutil"]
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +43,14 @@ def sandbox():
         yield sb
 
 
+@pytest.fixture(scope="session")
+def broker(sandbox):
+    """The sandbox's (or guest's) systemd with the broker installed from units/."""
+    broker_harness.install(sandbox)
+    yield sandbox
+    broker_harness.uninstall(sandbox)
+
+
 def _work_dir() -> Path:
     WORK_ROOT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="csd-test-", dir=WORK_ROOT))
@@ -51,6 +62,8 @@ def _jobs(backend: str, request: pytest.FixtureRequest):
     work = _work_dir()
     if backend == "systemd":
         j: Jobs = SystemdJobs(request.getfixturevalue("sandbox"), work)
+    elif backend == "broker":
+        j = BrokerJobs(request.getfixturevalue("broker"), work)
     else:
         j = HostJobs(work)
     yield j

@@ -27,9 +27,12 @@ from typing import NamedTuple
 CSD = str(Path(sys.executable).parent / "condor-systemd")
 if not os.path.exists(CSD):
     CSD = shutil.which("condor-systemd") or CSD
-# Python for the jobs themselves: the real interpreter, not the venv's symlink, which may sit
-# under /tmp (a CI checkout) where the job's private /tmp would hide it.
-PY = os.path.realpath(sys.executable)
+# Python for the jobs themselves: Debian's, which every user can run (jobs run as nobody through
+# the broker; the venv's interpreter is under /root here, and its symlink may sit under /tmp
+# where the job's private /tmp would hide it).
+PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else os.path.realpath(sys.executable)
+# In-process runs must not find a broker installed for the broker variant of the tests.
+NO_BROKER = "CONDOR_SYSTEMD_SOCKET=/run/condor-systemd/none"
 WORK_ROOT = Path("/var/lib/csd-tests")
 TOKEN_VARIABLE = "CONDOR_SYSTEMD_JOB_TOKEN"
 
@@ -47,6 +50,7 @@ class Expect(NamedTuple):
     protect_system: bool
     private_users: bool
     nice_property: bool  # -p Nice=N
+    caller_is_root: bool  # the wrapper runs as root (may use --uid/--gid)
     idle_cpu_ticks: int  # the wrapper's CPU over 2 s of waiting on a sleeping job, at most
     # peak memory of processes resident together between samples: "sum" (a cgroup counts it)
     # or "largest process" (the fallback's exact per-process peak from wait4)
@@ -56,10 +60,16 @@ class Expect(NamedTuple):
 EXPECTED = {
     "systemd": Expect(has_unit=True, memory_max=True, cpu_quota=True, tasks_max_as_root=True,
                       private_tmp=True, protect_system=True, private_users=True,
-                      nice_property=True, idle_cpu_ticks=0, burst_peak="sum"),
+                      nice_property=True, caller_is_root=True, idle_cpu_ticks=0,
+                      burst_peak="sum"),
+    # through the broker, as nobody: the systemd backend's behaviour, driven by the broker
+    "broker": Expect(has_unit=True, memory_max=True, cpu_quota=True, tasks_max_as_root=True,
+                     private_tmp=True, protect_system=True, private_users=True,
+                     nice_property=True, caller_is_root=False, idle_cpu_ticks=0,
+                     burst_peak="sum"),
     "psutil": Expect(has_unit=False, memory_max="approximate", cpu_quota=False,
                      tasks_max_as_root=False, private_tmp=True, protect_system=False,
-                     private_users=False, nice_property=True,
+                     private_users=False, nice_property=True, caller_is_root=True,
                      # one sample a second of a one-process family: well under a tick each
                      idle_cpu_ticks=2, burst_peak="largest process"),
 }
@@ -68,7 +78,8 @@ EXPECTED = {
 class Jobs:
     """Runs condor-systemd from a scratch directory both sides can see."""
 
-    backend = ""
+    backend = ""  # the variant: systemd (in-process, root), broker (as nobody), psutil
+    record_backend = ""  # what the usage record says
 
     def __init__(self, work: Path) -> None:
         self.work = work
@@ -90,6 +101,18 @@ class Jobs:
     def run_args(self) -> list[str]:
         return []
 
+    def wrapper(self) -> list[str]:
+        """`condor-systemd` as this variant's caller runs it."""
+        return [CSD]
+
+    def wrapper_command(self) -> str:
+        """For shell lines: `{jobs.wrapper_command()} run ...`."""
+        return " ".join(self.wrapper())
+
+    def as_nobody(self) -> list[str]:
+        """Options that make the job run as nobody (through the broker it does already)."""
+        return ["--uid", "nobody", "--gid", "nogroup"] if self.expect.caller_is_root else []
+
     # -- shared ------------------------------------------------------------------------------
     def usage_path(self) -> Path:
         self.count += 1
@@ -97,7 +120,8 @@ class Jobs:
 
     def run(self, *args: str, stdin: str | None = None, env: dict | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command([CSD, "run", *self.run_args(), *args], str(self.work)),
+        return subprocess.run(self.command([*self.wrapper(), "run", *self.run_args(), *args],
+                                           str(self.work)),
                               cwd=self.work, check=False, capture_output=True, text=True,
                               input=stdin, env=env, timeout=timeout)
 
@@ -110,7 +134,7 @@ class Jobs:
     def start(self, *args: str, **kw) -> subprocess.Popen:
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
-        proc = subprocess.Popen(self.command([CSD, "run", *self.run_args(), *args],
+        proc = subprocess.Popen(self.command([*self.wrapper(), "run", *self.run_args(), *args],
                                              str(self.work)), cwd=self.work, text=True, **kw)
         self.started.append(proc)
         return proc
@@ -139,7 +163,7 @@ class Jobs:
 class SystemdJobs(Jobs):
     """Jobs on a real systemd: the namespace sandbox, or a VM tier guest's PID 1."""
 
-    backend = "systemd"
+    backend = record_backend = "systemd"
 
     def __init__(self, sandbox, work: Path) -> None:  # noqa: ANN001 - Sandbox/RunningSystemd
         super().__init__(work)
@@ -147,6 +171,9 @@ class SystemdJobs(Jobs):
 
     def command(self, argv: list[str], cwd: str) -> list[str]:
         return self.sandbox.command(argv, cwd)
+
+    def wrapper(self) -> list[str]:
+        return ["env", NO_BROKER, CSD]  # in-process, as root
 
     def wrapper_pid(self, proc: subprocess.Popen, timeout: float = 10) -> int:
         return self.sandbox.wrapper_pid(proc, timeout)
@@ -174,8 +201,23 @@ class SystemdJobs(Jobs):
         return f"units: {left!r} cgroups: {cgroups!r}\n{journal}"
 
 
+class BrokerJobs(SystemdJobs):
+    """Jobs through the broker, by a caller that is not root (tests/harness/broker.py)."""
+
+    backend = "broker"
+
+    def __init__(self, sandbox, work: Path) -> None:  # noqa: ANN001
+        super().__init__(sandbox, work)
+        os.chown(work, 65534, 65534)  # the caller writes its usage files here
+
+    def wrapper(self) -> list[str]:
+        from tests.harness import broker
+
+        return broker.client_command()
+
+
 class HostJobs(Jobs):
-    backend = "psutil"
+    backend = record_backend = "psutil"
 
     def command(self, argv: list[str], cwd: str) -> list[str]:
         return argv  # subprocess runs it in cwd (self.work) itself

@@ -81,7 +81,7 @@ def test_classad_usage_format(jobs):
     assert 64 * 1024 <= int(ad["ResidentSetSize"]) <= 2 * 64 * 1024, ad["ResidentSetSize"]
     assert 64 <= int(ad["MemoryUsage"]) <= 2 * 64, ad["MemoryUsage"]
     assert 0.5 <= float(ad["RemoteWallClockTime"]) < 1.0 + 0.5, ad["RemoteWallClockTime"]
-    assert ad["CondorSystemdBackend"] == f'"{jobs.backend}"'
+    assert ad["CondorSystemdBackend"] == f'"{jobs.record_backend}"'
 
 
 WRITER = """
@@ -107,7 +107,7 @@ def test_io_written_by_a_grandchild_is_counted(jobs):
 
 def test_what_a_backend_cannot_know_is_null_and_said(jobs):
     _, usage = jobs.run_with_usage("--", "true")
-    assert usage["backend"] == jobs.backend
+    assert usage["backend"] == jobs.record_backend
     if jobs.expect.has_unit:
         assert usage["unit"].startswith("condor-job-") and usage["unit"].endswith(".service")
         assert {"memory", "pids"} <= set(usage["cgroup_controllers"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import time
 
-from tests.jobs import CSD, PY, cpu_ticks, wait_processes
+from tests.jobs import PY, cpu_ticks, wait_processes
 
 
 def test_exit_code_is_passed_through(jobs):
@@ -40,7 +40,8 @@ def test_environment_and_working_directory_pass_through(jobs):
     (jobs.work / "sub").mkdir()
     env = {"PATH": "/usr/bin:/bin", "JOB_VAR": "x y $z", "_CONDOR_WRAPPER_ERROR_FILE":
            str(jobs.work / "wrapper-error"), "BASH_FUNC_f%%": "() { :; }"}
-    proc = jobs.shell(f"cd sub && exec {CSD} run {' '.join(jobs.run_args())} -- sh -c "
+    proc = jobs.shell(f"cd sub && exec {jobs.wrapper_command()} run {' '.join(jobs.run_args())} "
+                      "-- sh -c "
                       "'pwd; echo \"$JOB_VAR\"; echo \"${_CONDOR_WRAPPER_ERROR_FILE-unset}\"'",
                       env=env)
     assert proc.stdout.splitlines() == [str(jobs.work / "sub"), "x y $z", "unset"], proc.stderr
@@ -102,8 +103,8 @@ def test_unusable_working_directory_is_a_launch_failure_naming_it(jobs):
     private = jobs.work / "private"
     private.mkdir(mode=0o700)  # root's; the job runs as nobody
     err_file = jobs.work / "wrapper-error"
-    proc = jobs.shell(f"cd {private} && exec {CSD} run {' '.join(jobs.run_args())} "
-                      "--uid nobody -- /bin/true",
+    proc = jobs.shell(f"cd {private} && exec {jobs.wrapper_command()} run "
+                      f"{' '.join(jobs.run_args() + jobs.as_nobody())} -- /bin/true",
                       env={"PATH": "/usr/bin:/bin", "_CONDOR_WRAPPER_ERROR_FILE": str(err_file)})
     assert proc.returncode == 125, proc.stderr
     assert proc.stderr.count("\n") == 1 and "working directory" in proc.stderr, proc.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from tests.jobs import CSD, PY
+from tests.jobs import PY
 
 ALLOCATE = """
 import sys, time
@@ -76,7 +76,7 @@ kill 9, @kids;
 def test_tasks_max_limits_forks(jobs):
     """As the job user (nobody), both backends stop the tenth task: systemd with the pids
     controller, the fallback with RLIMIT_NPROC (per user: nobody has no other processes)."""
-    proc, usage = jobs.run_with_usage("--uid", "nobody", "--gid", "nogroup", "--tasks-max", "10",
+    proc, usage = jobs.run_with_usage(*jobs.as_nobody(), "--tasks-max", "10",
                                       "--", "perl", "-e", SPAWN)
     started, refused = map(int, proc.stdout.split())
     assert started == 9 and refused == 21, proc.stdout  # 10 tasks: the driver and 9 children
@@ -147,13 +147,13 @@ def test_protect_system_strict_keeps_the_working_directory_writable(jobs):
 
 
 def test_uid_and_gid(jobs):
-    proc = jobs.run("--uid", "nobody", "--gid", "nogroup", "--", "sh", "-c", "id -u; id -g")
+    proc = jobs.run(*jobs.as_nobody(), "--", "sh", "-c", "id -u; id -g")
     assert proc.stdout.split() == ["65534", "65534"], proc.stderr
 
 
 def test_rlimits_are_inherited(jobs):
-    proc = jobs.shell(f"ulimit -n 777; exec {CSD} run {' '.join(jobs.run_args())} -- "
-                      "sh -c 'ulimit -n'")
+    proc = jobs.shell(f"ulimit -n 777; exec {jobs.wrapper_command()} run "
+                      f"{' '.join(jobs.run_args())} -- sh -c 'ulimit -n'")
     assert proc.stdout.strip() == "777"
 
 

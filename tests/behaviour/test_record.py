@@ -124,5 +124,5 @@ def test_record_is_json_with_the_documented_keys_in_order(jobs):
     assert list(json.loads(path.read_text())) == [
         "unit", "backend", "job_id", "exit_code", "signal", "oom_killed", "wall_seconds",
         "cpu_user_seconds", "cpu_system_seconds", "memory_peak_bytes", "io_read_bytes",
-        "io_write_bytes", "tasks_peak", "limits", "enforced", "cgroup_layout",
+        "io_write_bytes", "tasks_peak", "limits", "enforced", "capped", "cgroup_layout",
         "cgroup_controllers", "systemd_version", "backend_reason", "accuracy"]

@@ -7,8 +7,6 @@ import re
 import signal
 import time
 
-from tests.jobs import CSD
-
 
 def test_systemctl_status_shows_job_and_limits(jobs):
     proc = jobs.start("--name", "77.1", "--memory", "100M", "--tasks-max", "33", "--",
@@ -48,7 +46,7 @@ def test_log_file_gets_the_diagnostics_and_the_job_output_stays_clean(jobs):
 def test_notices_reach_a_terminal_but_never_a_file(jobs):
     """Interactive use (stderr is a tty) shows notices; under HTCondor (files) the same run
     prints nothing of its own. The notice: an exported shell function, which systemd refuses."""
-    command = f"env 'BASH_FUNC_f%%=() {{ :; }}' {CSD} run -- true"
+    command = f"env 'BASH_FUNC_f%%=() {{ :; }}' {jobs.wrapper_command()} run -- true"
     tty = jobs.inside("script", "-qec", command, "/dev/null")
     assert tty.returncode == 0
     assert "condor-systemd: environment variable 'BASH_FUNC_f%%' not passed" in tty.stdout

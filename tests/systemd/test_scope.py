@@ -8,7 +8,7 @@ import signal
 import sys
 
 from tests.behaviour.test_kill import ESCAPEES
-from tests.jobs import CSD, PY, wait_files
+from tests.jobs import PY, wait_files
 
 
 def test_scope_exit_status_and_stdio(jobs):
@@ -70,7 +70,8 @@ def test_scope_unusable_working_directory_is_not_command_not_found(jobs):
     a launch failure naming the directory (it used to say "command not executable")."""
     private = jobs.work / "private"
     private.mkdir(mode=0o700)
-    proc = jobs.shell(f"cd {private} && exec {CSD} run --scope --uid nobody -- /bin/true")
+    proc = jobs.shell(f"cd {private} && exec {jobs.wrapper_command()} run --scope --uid nobody "
+                      "-- /bin/true")
     assert proc.returncode == 125, proc.stderr
     assert proc.stderr == (f"condor-systemd: could not start the job: working directory "
                            f"{private}: Permission denied\n")

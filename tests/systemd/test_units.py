@@ -7,7 +7,8 @@ import os
 import signal
 import time
 
-from tests.jobs import CSD, wait_files
+from tests.harness import broker
+from tests.jobs import wait_files
 
 
 def test_unit_already_running_is_refused_and_left_alone(jobs):
@@ -39,8 +40,9 @@ def test_non_root_caller_is_refused_clearly(jobs):
     """As a plain user with --backend systemd, the wrapper talks to the system bus (Hello,
     AddMatch, Subscribe), and systemd refuses to start a system unit: one line, exit 125,
     nothing left behind. (With --backend auto it takes the fallback: test_backend_choice.)"""
-    proc = jobs.sandbox.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                             CSD, "run", "--backend", "systemd", "--", "true"],
+    broker.copy_package()
+    proc = jobs.sandbox.run([*broker.in_process_command(), "run", "--backend", "systemd", "--",
+                             "true"],
                             cwd=str(jobs.work), check=False,
                             capture_output=True, text=True)
     assert proc.returncode == 125, proc.stderr
@@ -95,15 +97,15 @@ def _unit_of(jobs, wrapper: int) -> str:
 def test_non_root_caller_falls_back_with_auto(jobs):
     """systemd is PID 1 here, but a plain user may not start system units: --backend auto
     takes the psutil fallback (which marks every process of the job with its token)."""
-    proc = jobs.sandbox.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                             CSD, "run", "--", "sh", "-c",
+    broker.copy_package()
+    proc = jobs.sandbox.run([*broker.in_process_command(), "run", "--", "sh", "-c",
                              'echo "${CONDOR_SYSTEMD_JOB_TOKEN:+marked}"; exit 3'],
                             cwd=str(jobs.work), check=False, capture_output=True, text=True)
     assert (proc.returncode, proc.stdout, proc.stderr) == (3, "marked\n", "")
-    probe = jobs.sandbox.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                              CSD, "probe"], check=False, capture_output=True, text=True)
+    probe = jobs.sandbox.run([*broker.in_process_command(), "probe"], check=False,
+                             capture_output=True, text=True)
     assert probe.stdout.splitlines() == [
         "backend: psutil", "reason: auto: uid 65534 may not start system units (only root may)"]
-    root = jobs.inside(CSD, "probe").stdout.splitlines()
+    root = jobs.inside(*jobs.wrapper(), "probe").stdout.splitlines()
     assert root[0] == "backend: systemd" and root[1].startswith("reason: auto: systemd ")
     assert root[2].startswith("systemd: ") and root[3].startswith("cgroup: ")

@@ -759,6 +759,7 @@ def _socket_round_trip_property(messages, cuts, fds_per_message, pipe_fd):
     """The same through a real socket, each message written in pieces, request/response style:
     its first piece with fds, the next message only once this one is read."""
     a, b = socket.socketpair()
+    b.settimeout(30)
     reader = Reader()
     try:
         for message, n_fds in zip(messages, fds_per_message):
