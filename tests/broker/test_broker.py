@@ -1,0 +1,206 @@
+"""The broker: who may do what, caps from the caller's cgroup, the caller's death, hostile
+input, many callers at once, and that it is real varlink (systemd's varlinkctl speaks it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.harness import broker as harness
+from tests.jobs import PY, wait_processes
+
+SOCKET = harness.SOCKET
+
+
+def units_left(jobs) -> str:  # noqa: ANN001
+    return jobs.inside("systemctl", "list-units", "--all", "--plain", "--no-legend",
+                       "condor-job-*").stdout.strip()
+
+
+def broker_pid(jobs) -> int:  # noqa: ANN001
+    return int(jobs.inside("systemctl", "show", "-P", "MainPID",
+                           "condor-systemd.service").stdout.strip() or 0)
+
+
+def test_the_job_runs_as_the_caller_in_its_own_unit(jobs):
+    ready = jobs.work / "ready"
+    proc = jobs.start("--name", "who", "--", "sh", "-c",
+                      f"id -u > {ready}.tmp; mv {ready}.tmp {ready}; sleep 4261")
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    unit = "condor-job-u65534-who.service"  # a caller's ids cannot collide with another's
+    assert jobs.inside("systemctl", "show", "-P", "User", unit).stdout.strip() == "65534"
+    assert jobs.inside("systemctl", "show", "-P", "Slice", unit).stdout.strip() == "condor.slice"
+    assert ready.read_text().strip() == "65534"
+    os.kill(jobs.wrapper_pid(proc), signal.SIGTERM)
+    assert proc.wait(timeout=30) == -signal.SIGTERM
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--uid", "root"], "--uid/--gid need root"),
+    (["-p", "SupplementaryGroups=root"], "-p SupplementaryGroups is not allowed for "
+                                         "unprivileged callers"),
+    (["-p", "MemoryLow=1G"], "-p MemoryLow is not allowed"),
+    (["--slice", "system.slice"], "slice system.slice is not condor.slice"),
+    (["--scope"], "--scope is not available through the broker"),
+])
+def test_what_an_unprivileged_caller_may_not_ask_is_refused_in_one_line(jobs, options, message):
+    proc = jobs.run(*options, "--", "true")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("condor-systemd: ") and message in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+    assert units_left(jobs) == ""
+
+
+def test_limits_are_capped_by_the_callers_cgroup(jobs):
+    """The wrapper runs in a scope limited to 100M (as HTCondor's slot cgroup would limit it)
+    and asks for 1G: the job is OOM-killed near 100M, and the record says what was capped."""
+    usage = jobs.work / "capped.json"
+    allocate = "b = bytearray(400 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"
+    proc = jobs.inside("systemd-run", "--quiet", "--scope", "-p", "MemoryMax=100M",
+                       "-p", "MemorySwapMax=0", "--", *harness.client_command(), "run",
+                       "--memory", "1G", "--usage-file", str(usage), "--", PY, "-c", allocate)
+    assert proc.returncode == -signal.SIGKILL or proc.returncode == 128 + signal.SIGKILL, \
+        (proc.returncode, proc.stderr)
+    record = json.loads(usage.read_text())
+    assert record["oom_killed"] is True
+    assert record["limits"]["memory_max"] == 100 << 20  # what the job got
+    assert "asked 1073741824, capped to 104857600 by the caller's cgroup" in \
+        record["capped"]["memory_max"]
+    assert record["memory_peak_bytes"] <= (100 << 20) + (1 << 20)
+
+
+def test_the_callers_death_kills_the_job_at_once(jobs):
+    """HTCondor's hard kill SIGKILLs the wrapper: its connection closes, and the broker kills
+    every process of the job and lets the unit go, within 2 s."""
+    script = "setsid sleep 4263 & sh -c 'sleep 4263 &' & exec sleep 4263"
+    proc = jobs.start("--name", "orphan", "--", "sh", "-c", script)
+    wait_processes(jobs, "sleep 4263", 3)
+    killed = time.monotonic()
+    os.kill(jobs.wrapper_pid(proc), signal.SIGKILL)
+    proc.wait(timeout=30)
+    while jobs.processes("^sleep 4263") or units_left(jobs):
+        assert time.monotonic() - killed < 2.0, (jobs.processes("^sleep 4263"),
+                                                  units_left(jobs))
+        time.sleep(0.05)
+
+
+def attack(jobs, name: str, *args: str, timeout: float = 120) -> dict:  # noqa: ANN001
+    """Run one of tests/broker/attacks.py as nobody; its JSON verdict."""
+    shutil.copy(Path(__file__).with_name("attacks.py"), harness.PKG / "csd_attacks.py")
+    os.chmod(harness.PKG / "csd_attacks.py", 0o644)
+    proc = jobs.inside(*harness.client_command()[:-2], str(harness.PKG / "csd_attacks.py"),
+                       name, *args)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+CUT_OFF = {"closed": True}
+
+
+def invalid(parameter: str) -> dict:
+    return {"reply": {"error": "org.varlink.service.InvalidParameter",
+                      "parameters": {"parameter": parameter}}}
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("garbage", CUT_OFF),
+    ("no-nul", CUT_OFF),
+    ("not-an-object", CUT_OFF),
+    ("method-not-a-string", CUT_OFF),
+    ("four-fds", CUT_OFF),
+    ("unknown-method", {"reply": {"error": "org.varlink.service.MethodNotFound",
+                                  "parameters": {"method": "io.condorsystemd.Job.Explode"}}}),
+    ("unknown-interface", {"reply": {"error": "org.varlink.service.InterfaceNotFound",
+                                     "parameters": {"interface": "com.example"}}}),
+    ("wrong-types", invalid("arguments")),
+    ("directory-as-stdout", invalid("stdout")),
+    ("o-path-stdin", invalid("stdin")),
+    ("read-only-stdout", invalid("stdout")),
+    ("relative-executable", invalid("executable")),
+    ("help", {"reply": {"error": "io.condorsystemd.Job.UsageError",
+                        "parameters": {"message": "--help is not a job"}}}),
+    ("uid-root", {"reply": {"error": "io.condorsystemd.Job.UsageError",
+                            "parameters": {"message": "--uid/--gid need root"}}}),
+])
+def test_hostile_input_gets_a_clear_answer_or_the_door(jobs, name, expected):
+    before = broker_pid(jobs) or None
+    assert attack(jobs, name) == expected
+    assert units_left(jobs) == ""
+    after = broker_pid(jobs)
+    assert after and (before is None or after == before), "the broker died"
+
+
+def test_a_caller_that_leaves_mid_launch_leaves_nothing(jobs):
+    attack(jobs, "disconnect-mid-launch")
+    deadline = time.monotonic() + 5
+    while jobs.processes("^sleep 4262") or units_left(jobs):
+        assert time.monotonic() < deadline, units_left(jobs)
+        time.sleep(0.05)
+
+
+def test_a_caller_that_never_reads_is_cut_off(jobs):
+    assert attack(jobs, "never-reads")["cut_off"] is True
+    assert broker_pid(jobs)
+
+
+def test_idle_connections_do_not_lock_others_out(jobs):
+    """1,000 connections that never call: others are still answered at once, and the idle
+    ones are closed after the policy's request timeout (10 s)."""
+    result = attack(jobs, "idle", "1000")
+    assert result["answered"] and result["took"] < 1.0, result
+    assert result["idle_closed"] == 1000
+
+
+def test_200_concurrent_jobs_each_with_its_exit_code(jobs):
+    count = 200
+    def one(i: int) -> int:
+        return jobs.run("--name", f"many-{i}", "--", "sh", "-c", f"sleep 1; exit {i % 256}",
+                        timeout=300).returncode
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        codes = list(pool.map(one, range(count)))
+    assert codes == [i % 256 for i in range(count)]
+    assert units_left(jobs) == ""
+
+
+def test_list_shows_the_callers_own_running_jobs(jobs):
+    proc = jobs.start("--name", "listed", "--", "sleep", "4264")
+    wait_processes(jobs, "sleep 4264", 1)
+    code = ("import json, socket, sys\nsys.path.insert(0, sys.argv[1])\n"
+            "from condor_systemd import varlink\n"
+            "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[2])\n"
+            "varlink.send(s, {'method': 'io.condorsystemd.Job.List'})\n"
+            "r = varlink.Reader()\nwhile (m := r.next()) is None: varlink.recv_into(s, r)\n"
+            "print(json.dumps(m[0]))\n")
+    as_nobody = json.loads(jobs.inside(*harness.client_command()[:-2], "-c", code,
+                                       str(harness.PKG), SOCKET).stdout)
+    jobs_seen = as_nobody["parameters"]["jobs"]
+    assert [j["unit"] for j in jobs_seen] == ["condor-job-u65534-listed.service"]
+    assert jobs_seen[0]["uid"] == 65534 and jobs_seen[0]["job_id"] == "u65534-listed"
+    os.kill(jobs.wrapper_pid(proc), signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_systemds_own_varlinkctl_speaks_to_the_broker(jobs, facts):
+    """Proof that it is real varlink: systemd 257's varlinkctl gets the service's info, parses
+    the interface description with systemd's own IDL parser, and calls a read-only method."""
+    facts.need_systemd(257)
+    address = f"unix:{SOCKET}"
+    info = jobs.inside("varlinkctl", "info", address)
+    assert info.returncode == 0, info.stderr
+    assert "condor-systemd" in info.stdout and "io.condorsystemd.Job" in info.stdout
+    intro = jobs.inside("varlinkctl", "introspect", address, "io.condorsystemd.Job")
+    assert intro.returncode == 0 and "method Run(" in intro.stdout, intro.stderr
+    assert "Failed to parse" not in intro.stderr and "warning" not in intro.stderr.lower()
+    listed = jobs.inside("varlinkctl", "call", address, "io.condorsystemd.Job.List", "{}")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == {"jobs": []}
