@@ -16,7 +16,8 @@ from ..errors import LaunchError
 from ..spec import JobSpec
 from ..usage import NOT_SENT, Usage, Verdict
 from . import cgroupfs, child, pidfd, properties
-from .unitjob import CLD_EXITED, CLD_KILLED, CLEANUP_TIMEOUT, SystemdJob
+from .record import CLD_EXITED, CLD_KILLED
+from .unitjob import CLEANUP_TIMEOUT, SystemdJob
 
 SCOPE_IFACE = "org.freedesktop.systemd1.Scope"
 

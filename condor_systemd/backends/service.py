@@ -27,7 +27,8 @@ import signal
 from ..spec import Inheritance
 from ..usage import OFF, Usage, Verdict
 from . import cgroupfs, child, properties
-from .unitjob import CLD_EXITED, CLEANUP_TIMEOUT, SETUP_STATUSES, SystemdJob
+from .record import CLD_EXITED, SETUP_STATUSES
+from .unitjob import CLEANUP_TIMEOUT, SystemdJob
 
 SERVICE_IFACE = "org.freedesktop.systemd1.Service"
 # Variables systemd sets for each service itself. Inherited from a wrapper that runs inside
