@@ -293,6 +293,17 @@ class SystemdJob:
                     os.close(fd)
         return killed
 
+    def freeze(self, on: bool) -> None:
+        """Suspend or resume every process of the job (its caller was suspended or resumed):
+        FreezeUnit/ThawUnit where systemd can (cgroup v2), else SIGSTOP/SIGCONT to all."""
+        method = "FreezeUnit" if on else "ThawUnit"
+        try:
+            self.manager(method, "s", (self.unit,))
+            self.log.info(f"the caller was {'suspended' if on else 'resumed'}: {method}")
+        except CondorSystemdError as exc:
+            self.log.info(f"{method} failed ({exc}); sending SIG{'STOP' if on else 'CONT'}")
+            self.kill_unit(signal.SIGSTOP if on else signal.SIGCONT)
+
     def kill_unit(self, signum: int, who: str = "all") -> None:
         if not self.created:
             return

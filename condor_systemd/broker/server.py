@@ -18,6 +18,7 @@ from typing import Callable
 
 from ..backends.systemd import SystemdBackend
 from ..log import Log
+from . import suspend
 from .policy import Policy
 from .session import Session
 
@@ -39,6 +40,8 @@ class Server:
         self.by_unit: dict[str, Session] = {}  # sessions whose job is not yet released
         self.ended_waiters: set[Session] = set()  # hung up, job still ending
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self.inotify: suspend.Inotify | None = None
+        self.freeze_watches: dict[int, Session] = {}  # inotify watch -> session
         self._seq = itertools.count()
         self.stopping = False
 
@@ -63,6 +66,8 @@ class Server:
                         obj.writable()
                 elif kind == "signal":
                     self.signalled(obj)
+                elif kind == "inotify":
+                    self.freezes_changed()
             self.pump()
             self.run_timers()
 
@@ -79,6 +84,9 @@ class Server:
                 if job.has_ended():
                     self.ended_waiters.discard(session)
                     session.collect_quietly()
+                elif session.killed_while_starting and job.phase == "running":
+                    session.killed_while_starting = False  # its caller left while it started
+                    job.kill_unit(signal.SIGKILL)
             elif not session.final_sent:
                 session.job_event()
             if job.released:
@@ -136,6 +144,42 @@ class Server:
         assert session.job is not None and session.job.unit is not None
         self.by_unit[session.job.unit] = session
 
+    # -- suspension (HTCondor's condor_suspend) ---------------------------------------------------
+    def follow_suspension(self, session: Session) -> None:
+        """Mirror the caller's suspension onto its job: inotify on its cgroup.events where it
+        has one (cgroup v2: condor_suspend freezes the slot's cgroup), and a look at its
+        process state every suspend.POLL_INTERVAL (SIGSTOP: HTCondor's procd on cgroup v1)."""
+        events = session.caps.freeze_file if session.caps else None
+        if events:
+            try:
+                if self.inotify is None:
+                    self.inotify = suspend.Inotify()
+                    self.selector.register(self.inotify.fd, selectors.EVENT_READ,
+                                           ("inotify", None))
+                session.freeze_watch = self.inotify.watch(events)
+                self.freeze_watches[session.freeze_watch] = session
+            except OSError as exc:
+                self.log.warning(f"cannot watch {events}: {exc}")
+        self.at(time.monotonic() + suspend.POLL_INTERVAL, _bound(self.look_at_caller, session))
+
+    def freezes_changed(self) -> None:
+        assert self.inotify is not None
+        for wd in self.inotify.changed():
+            session = self.freeze_watches.get(wd)
+            if session is not None and session.caps and session.caps.freeze_file:
+                session.caller_suspended(frozen=suspend.frozen(session.caps.freeze_file))
+
+    def look_at_caller(self, session: Session) -> None:
+        if session.job is None or session.final_sent or session.hung_up:
+            return
+        session.caller_suspended(stopped=suspend.stopped(session.peer.pid))
+        self.at(time.monotonic() + suspend.POLL_INTERVAL, _bound(self.look_at_caller, session))
+
+    def stop_following(self, session: Session) -> None:
+        wd = session.freeze_watch
+        if wd is not None and self.freeze_watches.pop(wd, None) is session and self.inotify:
+            self.inotify.unwatch(wd)
+
     def when_ended(self, session: Session) -> None:
         self.ended_waiters.add(session)
         if session.job is not None and session.job.has_ended():
@@ -162,6 +206,7 @@ class Server:
             self.released(session)
 
     def released(self, session: Session) -> None:
+        self.stop_following(session)
         job = session.job
         if job is not None and self.by_unit.get(job.unit or "") is session:
             del self.by_unit[job.unit or ""]

@@ -58,6 +58,11 @@ class Session:
         self.stop_deadline: float | None = None
         self.killed = False
         self.capped: list[tuple[str, str]] = []
+        self.caps: peer.Caps | None = None
+        self.frozen = False  # the job is held because its caller is suspended
+        self.caller_frozen = self.caller_stopped = False
+        self.killed_while_starting = False
+        self.freeze_watch: int | None = None  # the inotify watch on the caller's cgroup.events
         self.usage_file: str | None = None
         self.log_file: str | None = None
 
@@ -141,6 +146,7 @@ class Session:
             return interface.reply_error(interface.LAUNCH_FAILED, message=str(exc),
                                          exit_code=exc.exit_code)
         self.server.started(self)
+        self.server.follow_suspension(self)
         self.send(varlink.reply({"unit": self.job.unit, "usage_file": self.usage_file,
                                  "usage_format": self.usage_format, "log_file": self.log_file,
                                  "notices": self.take_notices()}, continues=True))
@@ -175,7 +181,7 @@ class Session:
         caller = Caller(cwd, executable, job_id, slot, self.peer.pid)  # type: ignore[arg-type]
         spec = spec_from_args(args, environ, caller)
         inherit = Inheritance.of_process(self.peer.pid)
-        caps = peer.cgroup_caps(self.peer.pid, self.server.backend.layout)
+        caps = self.caps = peer.cgroup_caps(self.peer.pid, self.server.backend.layout)
         if not self.peer.alive():
             raise LaunchError("the caller is gone")
         if self.peer.uid != 0:
@@ -201,6 +207,20 @@ class Session:
             self.killed = True
             self.job.kill()
             self.job_event()
+
+    def caller_suspended(self, frozen: bool | None = None, stopped: bool | None = None) -> None:
+        """The caller's cgroup was frozen or thawed, or the caller stopped or continued: the
+        job is held while either holds the caller."""
+        if frozen is not None:
+            self.caller_frozen = frozen
+        if stopped is not None:
+            self.caller_stopped = stopped
+        suspended = self.caller_frozen or self.caller_stopped
+        if self.job is None or self.final_sent or suspended == self.frozen:
+            return
+        self.frozen = suspended
+        self.job.freeze(suspended)
+        self.flush_notices()
 
     def job_event(self) -> None:
         """The job's unit changed: if its main process has ended, collect and reply."""
@@ -232,7 +252,12 @@ class Session:
         self.server.forget_socket(self)
         if self.job is not None and not self.final_sent:
             self.job.log.notice("the caller is gone: killing every process of the job")
+            if self.frozen:  # HTCondor's hard kill freezes first: let the kill reach them
+                self.frozen = False
+                self.job.freeze(False)
             self.final_sent = True  # nobody to tell; collect() lets the unit go
+            # still starting: nothing to kill yet; killed again once running (server.pump)
+            self.killed_while_starting = self.job.phase == "starting"
             self.job.kill_unit(signal.SIGKILL)
             self.server.when_ended(self)
         self.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 
 from tests.jobs import PY
@@ -85,25 +87,75 @@ def test_tasks_max_limits_forks(jobs):
         enforced.startswith("approximate: RLIMIT_NPROC=10 counts every process of uid 65534")
 
 
-def test_limits_are_read_back(jobs):
-    _, usage = jobs.run_with_usage("--memory", "300M", "--memory-high", "200M", "--cpus", "1",
-                                   "--tasks-max", "64", "--allowed-cpus", "0", "--io-weight",
-                                   "200", "--", "true")
-    enforced = usage["enforced"]
+# The job reads, from the inside, what the kernel holds it to: its cgroup's limit files (v2, or
+# the v1 hierarchies), the CPUs it may run on, its I/O priority. The truth the record's
+# `enforced` is checked against, read by nothing the record came from.
+OWN_LIMITS = r"""
+import json, os, subprocess
+paths = {}
+for line in open("/proc/self/cgroup"):
+    _, controllers, path = line.rstrip("\n").split(":", 2)
+    for c in (controllers.split(",") if controllers else [""]):
+        paths[c] = path
+def read(*candidates):
+    for path in candidates:
+        try:
+            return open(path).read().strip()
+        except OSError:
+            pass
+    return None
+v2 = "/sys/fs/cgroup" + paths.get("", "") if os.path.exists("/sys/fs/cgroup/cgroup.controllers") \
+    else "/sys/fs/cgroup/unified" + paths.get("", "")
+mem = "/sys/fs/cgroup/memory" + paths.get("memory", "/-")
+cpu = "/sys/fs/cgroup/cpu,cpuacct" + paths.get("cpu", "/-")
+pids = "/sys/fs/cgroup/pids" + paths.get("pids", "/-")
+status = dict(l.split(":", 1) for l in open("/proc/self/status"))
+print(json.dumps({
+    "memory_max": read(v2 + "/memory.max", mem + "/memory.limit_in_bytes"),
+    "memory_high": read(v2 + "/memory.high"),
+    "cpu": read(v2 + "/cpu.max") or " ".join(filter(None, [read(cpu + "/cpu.cfs_quota_us"),
+                                                           read(cpu + "/cpu.cfs_period_us")])),
+    "tasks_max": read(v2 + "/pids.max", pids + "/pids.max"),
+    "cpus": status["Cpus_allowed_list"].strip(),
+    "ionice": subprocess.run(["ionice", "-p", str(os.getpid())], capture_output=True,
+                             text=True).stdout.strip(),
+}))
+"""
+
+
+def kind(verdict: object) -> object:
+    """The documented kind of a verdict: true, or the words before the colon (README)."""
+    return verdict if verdict is True else str(verdict).split(":", 1)[0]
+
+
+def test_limits_are_enforced_as_the_record_says(jobs):
+    proc, usage = jobs.run_with_usage(
+        "--memory", "300M", "--memory-high", "200M", "--cpus", "1", "--tasks-max", "64",
+        "--allowed-cpus", "0", "--io-weight", "200", "--", PY, "-c", OWN_LIMITS)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    enforced = {key: kind(value) for key, value in usage["enforced"].items()}
     assert set(enforced) >= {"memory_max", "memory_high", "cpu_quota_percent", "tasks_max",
                              "allowed_cpus", "io_weight", "private_tmp"}
-    if not jobs.expect.has_unit:  # the fallback: what it can do without cgroups, and how well
-        assert enforced["allowed_cpus"] is True and enforced["private_tmp"] is True
-        assert enforced["memory_max"].startswith("approximate: a watchdog")
-        assert enforced["io_weight"].startswith("approximate: best-effort I/O priority 3")
+    if not jobs.expect.has_unit:  # the fallback (README's table): affinity and ionice hold
+        assert seen["cpus"] == "0" and enforced["allowed_cpus"] is True
+        assert seen["ionice"] == "best-effort: prio 3" and enforced["io_weight"] == "approximate"
+        assert enforced["memory_max"] == "approximate"  # the watchdog: test_memory_max_oom...
         for key in ("memory_high", "cpu_quota_percent", "tasks_max"):  # tasks_max: as root
-            assert enforced[key].startswith("not enforced: "), (key, enforced[key])
+            assert enforced[key] == "not enforced", (key, usage["enforced"][key])
+        assert seen["tasks_max"] != "64" and seen["cpu"] != "100000 100000"  # said, and true
         return
-    assert enforced["memory_max"] is True and enforced["tasks_max"] is True
+    # a unit: the kernel holds the job to what the record says is in force
+    assert seen["memory_max"] == str(300 << 20) and enforced["memory_max"] is True
+    assert seen["tasks_max"] == "64" and enforced["tasks_max"] is True
+    assert seen["cpu"] == "100000 100000" and enforced["cpu_quota_percent"] is True
     if usage["cgroup_layout"] == "unified":
-        assert enforced["allowed_cpus"] is True and enforced["memory_high"] is True
-    else:  # what the v1/hybrid tier cannot enforce is said, not claimed
-        assert "v2" in enforced["allowed_cpus"] and "v1" in enforced["memory_high"]
+        assert seen["cpus"] == "0" and enforced["allowed_cpus"] is True
+        assert seen["memory_high"] == str(200 << 20) and enforced["memory_high"] is True
+    else:  # what the v1/hybrid tier cannot enforce is said, not claimed, and really not held
+        assert seen["memory_high"] is None and enforced["memory_high"] == "not enforced"
+        if os.cpu_count() and os.cpu_count() > 1:
+            assert seen["cpus"] != "0" and enforced["allowed_cpus"] == "not enforced"
 
 
 def test_property_unknown_to_this_systemd_is_not_sent_and_recorded(jobs):
@@ -111,6 +163,8 @@ def test_property_unknown_to_this_systemd_is_not_sent_and_recorded(jobs):
     assert proc.returncode == 0 and proc.stderr == ""
     if not jobs.expect.has_unit:
         assert usage["enforced"]["PrivatePIDs"].startswith("not enforced: a unit property")
+        # and really not: the job sees processes that are not its own (this host's PID 1)
+        assert jobs.run("--", "test", "-d", "/proc/1").returncode == 0
     elif usage["systemd_version"] < 257:
         assert usage["enforced"]["PrivatePIDs"].startswith("not sent: systemd")
     else:  # sent, and accepted (systemd would have refused the unit otherwise)
@@ -136,8 +190,10 @@ def test_private_tmp(jobs):
 
 
 def test_protect_system_strict_keeps_the_working_directory_writable(jobs):
-    if not jobs.expect.protect_system:  # said, not claimed (and /usr is the host's: no test)
-        _, usage = jobs.run_with_usage("--protect-system", "--", "true")
+    if not jobs.expect.protect_system:  # said, not claimed, and really not: /usr stays
+        # writable for the job (checked, not written: it is the host's)
+        proc, usage = jobs.run_with_usage("--protect-system", "--", "test", "-w", "/usr")
+        assert proc.returncode == 0
         assert usage["enforced"]["protect_system"] == "not enforced: needs systemd"
         return
     proc = jobs.run("--protect-system", "--", "sh", "-c",
@@ -169,8 +225,9 @@ def test_private_tmp_is_off_for_a_command_under_tmp(jobs):
 
 def test_private_users(jobs):
     """PrivateUsers=yes: the job's user namespace maps only its own uid (not the full range)."""
-    if not jobs.expect.private_users:
-        _, usage = jobs.run_with_usage("--private-users", "--", "true")
+    if not jobs.expect.private_users:  # said, and really not: the full uid range is mapped
+        proc, usage = jobs.run_with_usage("--private-users", "--", "cat", "/proc/self/uid_map")
+        assert proc.stdout.split() == ["0", "0", "4294967295"]
         assert usage["enforced"]["private_users"] == "not enforced: needs systemd"
         return
     shared = jobs.run("--", "cat", "/proc/self/uid_map").stdout.split()

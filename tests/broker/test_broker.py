@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -204,3 +205,65 @@ def test_systemds_own_varlinkctl_speaks_to_the_broker(jobs, facts):
     listed = jobs.inside("varlinkctl", "call", address, "io.condorsystemd.Job.List", "{}")
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout) == {"jobs": []}
+
+
+# Counts to 30 in 3 s, writing each step: a held job stops counting.
+COUNTER = "i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo $i > {out}; sleep 0.1; done"
+
+
+def counting_job(jobs, out: Path, command_prefix: list[str] | None = None):  # noqa: ANN001, ANN201
+    argv = [*(command_prefix or []), *jobs.wrapper(), "run", "--", "sh", "-c",
+            COUNTER.format(out=out)]
+    proc = subprocess.Popen(jobs.command(argv, str(jobs.work)), cwd=jobs.work)
+    jobs.started.append(proc)
+    deadline = time.monotonic() + 30
+    while not out.exists():
+        assert time.monotonic() < deadline, "the job did not start counting"
+        time.sleep(0.05)
+    return proc
+
+
+def still(out: Path, seconds: float) -> bool:
+    before = out.read_text()
+    time.sleep(seconds)
+    return out.read_text() == before
+
+
+def test_a_stopped_caller_stops_its_job(jobs):
+    """HTCondor's procd suspends the wrapper with SIGSTOP (cgroup v1): the broker sees the
+    caller stopped within its look interval (1 s) and holds the job; SIGCONT resumes both."""
+    out = jobs.work / "count"
+    proc = counting_job(jobs, out)
+    wrapper = jobs.wrapper_pid(proc)
+    os.kill(wrapper, signal.SIGSTOP)
+    try:
+        time.sleep(1.5)  # the look interval, and the hold taking effect
+        assert still(out, 1.0), "the job ran on while its caller was stopped"
+    finally:
+        os.kill(wrapper, signal.SIGCONT)
+        if proc.pid != wrapper:  # the sandbox's nsenter stops itself when its child stops
+            os.kill(proc.pid, signal.SIGCONT)
+    assert proc.wait(timeout=60) == 0
+    assert out.read_text().strip() == "30"
+
+
+def test_freezing_the_callers_cgroup_freezes_the_job(jobs, facts):
+    """condor_suspend on cgroup v2 writes 1 to the slot cgroup's cgroup.freeze: the wrapper
+    freezes, and the broker (inotify on the caller's cgroup.events) freezes the job's unit
+    within 1 s; thawing thaws it, and the job completes."""
+    facts.need_v2()
+    scope = f"csd-caller-{os.getpid()}.scope"
+    out = jobs.work / "count"
+    proc = counting_job(jobs, out, ["systemd-run", "--quiet", "--scope", "--unit", scope, "--"])
+    cgroup = jobs.inside("systemctl", "show", "-P", "ControlGroup", scope).stdout.strip()
+    freeze = f"/sys/fs/cgroup{cgroup}/cgroup.freeze"
+    unit = [u for u in units_left(jobs).split() if u.startswith("condor-job-")][0]
+    jobs.inside("sh", "-c", f"echo 1 > {freeze}")
+    deadline = time.monotonic() + 1.0
+    while jobs.inside("systemctl", "show", "-P", "FreezerState", unit).stdout.strip() != "frozen":
+        assert time.monotonic() < deadline, "the job's unit was not frozen within 1 s"
+        time.sleep(0.05)
+    assert still(out, 1.0), "the job ran on while its caller was frozen"
+    jobs.inside("sh", "-c", f"echo 0 > {freeze}")
+    assert proc.wait(timeout=60) == 0
+    assert out.read_text().strip() == "30"

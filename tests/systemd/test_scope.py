@@ -18,16 +18,19 @@ def test_scope_exit_status_and_stdio(jobs):
 
 
 def test_scope_accounting_and_no_escapees(jobs):
-    burn = ("import resource, time\nend = time.process_time() + 0.3\n"
+    burn = ("import resource, time\nend = time.process_time() + 1.0\n"
             "while time.process_time() < end: pass\n"
             "me = resource.getrusage(resource.RUSAGE_SELF)\nprint(me.ru_utime + me.ru_stime)")
     proc, usage = jobs.run_with_usage("--scope", "--memory", "200M", "--",
                                       "sh", "-c", ESCAPEES + f"{PY} -c '{burn}'")
     assert proc.returncode == 0, proc.stderr
     assert usage["unit"].endswith(".scope")
-    truth = float(proc.stdout)  # the burner's own CPU; the shell and the sleeps add a few ms
+    # the burner's own CPU; the shell and the escapees' 6 processes add their start-up (a few
+    # ms each natively, 20-40 ms under the VM tier's emulation): 0.4 s at most; counted twice,
+    # the burner alone would be 1 s over
+    truth = float(proc.stdout)
     cpu = usage["cpu_user_seconds"] + usage["cpu_system_seconds"]
-    assert 0.95 * truth <= cpu <= truth + 0.15, (cpu, truth)
+    assert 0.95 * truth <= cpu <= truth + 0.4, (cpu, truth)
     assert usage["enforced"]["memory_max"] is True
     assert usage["enforced"]["private_tmp"].startswith("not sent")
     assert jobs.processes("^sleep 4242") == []
