@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
 CLEANUP_TIMEOUT = 10.0
+HOLD_GRACE = 60.0  # seconds the unit waits, past --stop-timeout, to be read and let go
 
 
 def unit_object_path(unit: str) -> str:
@@ -92,7 +93,11 @@ class SystemdJob:
         spec, enc = self.spec, properties.encode
         props = [enc("Description", spec.description), enc("Slice", spec.slice),
                  enc("CollectMode", "inactive-or-failed"),
-                 enc("TimeoutStopSec", int(spec.stop_timeout * 1e6))]
+                 # systemd's own stop timeout is only the backstop: the wrapper or the broker
+                 # kills what is left at --stop-timeout itself. It also bounds the ExecStopPost
+                 # holder that keeps the cgroup (and the exit status) until it has been read,
+                 # which a broker busy with many jobs ending at once may take a while to do.
+                 enc("TimeoutStopSec", int((spec.stop_timeout + HOLD_GRACE) * 1e6))]
         props += [enc(n, True) for n in ("CPUAccounting", "MemoryAccounting", "IOAccounting",
                                          "TasksAccounting")]
         for field, name in properties.LIMIT_PROPERTY.items():

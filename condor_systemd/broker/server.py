@@ -123,7 +123,14 @@ class Server:
                     _bound(self.idle_check, session))
 
     def idle_check(self, session: Session) -> None:
-        """A connection must make its call in time, and go once it has its answer."""
+        """A connection must make its call in time, and go once it has its answer. A call that
+        arrived while the loop was busy (many callers at once) counts: read what is there
+        first."""
+        if session.closed or (session.job is not None and not session.final_sent):
+            return
+        if session.job is None:
+            session.readable()
+            self.pump()
         if not session.closed and (session.job is None or session.final_sent):
             session.hang_up()
 

@@ -123,7 +123,8 @@ def test_start_sends_the_unit_systemd_documents(fake, stdio):
     assert sig == "a(sasb)" and argv == ["sleep", "infinity"] and ignore_failure is True
     assert os.path.basename(path) == "sleep" and os.access(path, os.X_OK)
     assert props["CollectMode"] == ("s", "inactive-or-failed")
-    assert props["TimeoutStopUSec"] == ("t", 20_000_000)  # --stop-timeout's default, in usec
+    # --stop-timeout's default (20 s) and the minute the holder waits to be read, in usec
+    assert props["TimeoutStopUSec"] == ("t", 80_000_000)
     assert props["Slice"] == ("s", "condor.slice")
     assert props["Description"][1].startswith("HTCondor job 12.0: ./job --in $HOME")
     # systemd.resource-control(5) in D-Bus units: CPUQuota=200% is 2 s of CPU per second,
