@@ -68,11 +68,16 @@ def install(systemd, policy: str = "") -> None:  # noqa: ANN001 - Sandbox or Run
     # the broker runs as root with this interpreter (it has jeepney: the venv, or Debian's
     # python3-jeepney in a guest), importing the same copy of the package as the callers
     exec_start = f"{sys.executable} -m condor_systemd broker --policy {POLICY}"
+    lines = ["[Service]", "ExecStart=", f"ExecStart={exec_start}", f"Environment=PYTHONPATH={PKG}"]
+    if sys.prefix.startswith("/tmp/"):
+        # a venv under /tmp (a CI checkout there): the service's own private /tmp would hide
+        # its interpreter. Installed, the broker lives in /opt or /usr and keeps PrivateTmp.
+        lines.append("PrivateTmp=no")
     systemd.run(["mkdir", "-p", os.path.dirname(DROP_IN), os.path.dirname(POLICY)])
     systemd.run(["cp", str(UNITS / "condor-systemd.socket"), str(UNITS / "condor-systemd.service"),
                  RUNTIME_UNITS])
-    systemd.run(["sh", "-c", f"printf '%s\\n' '[Service]' 'ExecStart=' 'ExecStart={exec_start}' "
-                             f"'Environment=PYTHONPATH={PKG}' > {DROP_IN}"])
+    systemd.run(["sh", "-c", "printf '%s\\n' " + " ".join(f"'{line}'" for line in lines) +
+                 f" > {DROP_IN}"])
     set_policy(systemd, policy)
     systemd.run(["systemctl", "daemon-reload"])
     systemd.run(["systemctl", "start", "condor-systemd.socket"])
