@@ -107,7 +107,8 @@ def read(*candidates):
 v2 = "/sys/fs/cgroup" + paths.get("", "") if os.path.exists("/sys/fs/cgroup/cgroup.controllers") \
     else "/sys/fs/cgroup/unified" + paths.get("", "")
 mem = "/sys/fs/cgroup/memory" + paths.get("memory", "/-")
-cpu = "/sys/fs/cgroup/cpu,cpuacct" + paths.get("cpu", "/-")
+cpu = next((d + paths.get("cpu", "/-") for d in ("/sys/fs/cgroup/cpu",
+            "/sys/fs/cgroup/cpu,cpuacct") if os.path.isdir(d + paths.get("cpu", "/-"))), "/-")
 pids = "/sys/fs/cgroup/pids" + paths.get("pids", "/-")
 status = dict(l.split(":", 1) for l in open("/proc/self/status"))
 print(json.dumps({
