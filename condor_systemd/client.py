@@ -194,7 +194,10 @@ class _Client:
         if final.get("signal"):
             return die_by_signal(int(final["signal"]))
         if final.get("exit_code") is None:
-            self.note(3, "the job's exit status is unknown")
+            unit = started.get("unit") or "the job's unit"
+            message = f"the job's exit status is unknown (see journalctl -u {unit})"
+            print(f"condor-systemd: {message}", file=sys.stderr)
+            self.note(3, message)
             return LaunchError.exit_code
         return int(final["exit_code"])
 

@@ -60,10 +60,15 @@ class Server:
                 elif kind == "bus":
                     pass  # pumped below, together with what calls have queued
                 elif kind == "session":
-                    if mask & selectors.EVENT_READ:
-                        obj.readable()
-                    if mask & selectors.EVENT_WRITE and not obj.closed:
-                        obj.writable()
+                    try:
+                        if mask & selectors.EVENT_READ:
+                            obj.readable()
+                        if mask & selectors.EVENT_WRITE and not obj.closed:
+                            obj.writable()
+                    except Exception:  # noqa: BLE001 - a bug of ours must cost one caller, not all
+                        self.log.error(f"internal error serving uid {obj.peer.uid} pid "
+                                       f"{obj.peer.pid}: {_traceback()}")
+                        obj.hang_up()
                 elif kind == "signal":
                     self.signalled(obj)
                 elif kind == "inotify":
@@ -256,6 +261,12 @@ class Server:
                 and time.monotonic() < deadline:
             self.selector.select(0.05)
             self.pump()
+
+
+def _traceback() -> str:
+    import traceback
+
+    return traceback.format_exc().replace("\n", " | ")
 
 
 def _bound(method: Callable[[Session], None], session: Session) -> Callable[[], None]:
