@@ -45,19 +45,20 @@ class Breakage(NamedTuple):
 
 
 SD, PS = "[systemd]", "[psutil]"
-SYSTEMD, FALLBACK = "condor_systemd/backends/systemd.py", "condor_systemd/backends/fallback.py"
+SERVICE, RECORD = "condor_systemd/backends/service.py", "condor_systemd/backends/record.py"
+FALLBACK = "condor_systemd/backends/fallback.py"
 CGROUPFS, RUNNER = "condor_systemd/backends/cgroupfs.py", "condor_systemd/runner.py"
 
 BREAKAGES = (
     # -- the review's four --------------------------------------------------------------------
-    Breakage("wall_seconds x10, systemd", SYSTEMD,
+    Breakage("wall_seconds x10, systemd", SERVICE,
              "wall = (exited - started) / 1e6", "wall = (exited - started) / 1e5",
              (REC + "test_wall_seconds_between_the_jobs_own_clock_and_the_tests" + SD,)),
     Breakage("wall_seconds x10, fallback", FALLBACK,
              "wall_seconds=round(self.ended - self.started, 6)",
              "wall_seconds=round(10 * (self.ended - self.started), 6)",
              (REC + "test_wall_seconds_between_the_jobs_own_clock_and_the_tests" + PS,)),
-    Breakage("tasks_peak fixed at 1, systemd", SYSTEMD,
+    Breakage("tasks_peak fixed at 1, systemd", RECORD,
              "tasks_peak=acct.tasks_peak", "tasks_peak=1",
              (REC + "test_tasks_peak_is_the_number_of_processes_held_at_once" + SD,)),
     Breakage("tasks_peak fixed at 1, fallback", FALLBACK,
@@ -68,13 +69,13 @@ BREAKAGES = (
              "return user / TICK, system / TICK", "return 3 * user / TICK, 3 * system / TICK",
              ("tests/fallback/test_fallback.py::"
               "test_a_process_outside_the_tree_is_found_by_its_token_and_killed",)),
-    Breakage("leftovers not SIGKILLed when the main process ends, systemd", SYSTEMD,
+    Breakage("leftovers not SIGKILLed when the main process ends, systemd", SERVICE,
              'self.log.info("main process ended: killing the processes it left behind")\n'
              "            self.kill_all_but_holder()",
              'self.log.info("main process ended: killing the processes it left behind")',
              (KILL + "test_escaped_processes_die_at_once_when_the_main_process_exits" + SD,)),
     # -- the same kind, for every record field ----------------------------------------------
-    Breakage("wall_seconds x2, systemd", SYSTEMD,
+    Breakage("wall_seconds x2, systemd", SERVICE,
              "wall = (exited - started) / 1e6", "wall = (exited - started) / 5e5",
              (REC + "test_wall_seconds_between_the_jobs_own_clock_and_the_tests" + SD,)),
     Breakage("wall_seconds halved, fallback", FALLBACK,
@@ -117,7 +118,7 @@ BREAKAGES = (
              'memory_peak_bytes=peak, io_read_bytes=io["read_bytes"],',
              'memory_peak_bytes=peak, io_read_bytes=0,',
              (REC + "test_io_bytes_read_from_disk_and_written" + PS,)),
-    Breakage("exit code off by one in the record, systemd", SYSTEMD,
+    Breakage("exit code off by one in the record, systemd", RECORD,
              "exit_code = status if code == CLD_EXITED else None",
              "exit_code = status + 1 if code == CLD_EXITED else None",
              (REC + "test_exit_code_and_signal_fields" + SD,)),
@@ -125,7 +126,7 @@ BREAKAGES = (
              "exit_code=None if signum else exit_code, signal=signum,",
              "exit_code=exit_code, signal=signum,",
              (REC + "test_exit_code_and_signal_fields" + PS,)),
-    Breakage("every job reported OOM-killed, systemd", SYSTEMD,
+    Breakage("every job reported OOM-killed, systemd", RECORD,
              "oom = None if acct.oom_kills is None else acct.oom_kills > 0",
              "oom = None if acct.oom_kills is None else acct.oom_kills >= 0",
              (REC + "test_exit_code_and_signal_fields" + SD,)),
