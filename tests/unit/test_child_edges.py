@@ -13,6 +13,7 @@ import pytest
 
 from condor_systemd.backends import child
 from condor_systemd.errors import CommandNotExecutable, CommandNotFound, LaunchError
+from tests.unit.test_child import _through_a_pipe
 
 # -- what PrivateTmp= hides ------------------------------------------------------------------
 # systemd.exec(5), PrivateTmp=: "sets up a new file system namespace for the executed processes
@@ -106,18 +107,6 @@ def test_unknown_names_are_refused():
 
 
 # -- the fork-pipe protocol at its edges -----------------------------------------------------
-
-
-def _through_a_pipe(stage: str, exc: BaseException) -> bytes:
-    r, w = os.pipe()
-    try:
-        child.report_failure(w, stage, exc)
-    finally:
-        os.close(w)
-    try:
-        return child.read_all(r)
-    finally:
-        os.close(r)
 
 
 def test_a_long_report_arrives_whole():
