@@ -78,6 +78,21 @@ class SystemdBackend:
             raise
         return job
 
+    def adopt(self, spec: JobSpec, log: Log, phase: str, cgroup: str | None,
+              enforced: dict) -> ServiceJob | ScopeJob:
+        """A job another process started (a broker before its restart), as it stands now.
+        Its ``created`` is False when systemd no longer has the unit."""
+        job: ServiceJob | ScopeJob = (ScopeJob if spec.scope else ServiceJob)(self, spec, log)
+        job.created = True
+        job.enforced.update(enforced)
+        if phase == "running":
+            job.phase, job.cgroup = "running", cgroup
+        job.catch_up("taken back after a restart of the broker")
+        if job.load_state == "not-found":
+            job.created = False
+            self.forget(job)
+        return job
+
     # -- routing the manager's signals to jobs -------------------------------------------------
     def register(self, job: SystemdJob) -> None:
         assert job.unit is not None

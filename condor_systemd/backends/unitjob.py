@@ -64,6 +64,7 @@ class SystemdJob:
         self.start_result = ""
         self.active_state = self.sub_state = ""
         self.cgroup: str | None = None
+        self.load_state = ""
         self.created = False
         self.removing = False
         self.removed = False
@@ -184,17 +185,19 @@ class SystemdJob:
             self.removed = True
             self.backend.forget(self)
 
-    def catch_up(self) -> None:
-        """After a reconnect (daemon-reexec): the unit's signals were missed meanwhile."""
+    def catch_up(self, why: str = "reconnected") -> None:
+        """After a reconnect (daemon-reexec), or a restart of the broker: the unit's signals
+        were missed meanwhile."""
         props = self.get_all(UNIT_IFACE)
         self.active_state = props.get("ActiveState", "")
         self.sub_state = props.get("SubState", "")
+        self.load_state = props.get("LoadState", "")
         # The old manager sent UnitRemoved for every unit as it went down: ours is still here
         # (unless LoadState says it is gone).
         self.removed = props.get("LoadState") == "not-found" and self.removing
         if self.phase == "starting" and self.active_state in ("active", "deactivating"):
             self.on_job_removed("done")  # its JobRemoved went out while we were away
-        self.log.info(f"reconnected; {self.unit} is {self.active_state}/{self.sub_state}")
+        self.log.info(f"{why}; {self.unit} is {self.active_state}/{self.sub_state}")
         self.has_ended()
 
     def on_job_removed(self, result: str) -> None:

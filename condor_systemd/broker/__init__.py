@@ -11,7 +11,8 @@ job when the caller goes away. One process, one D-Bus connection, one loop for a
 
 Modules: interface (the varlink interface and parameter checks), peer (who calls, and the
 caller's own limits), policy (what a non-root caller may get), session (one connection and its
-job), server (the loop).
+job), server (the loop), suspend (following the caller's suspension), fdstore and restart (what
+outlives a restart of the broker: each job's connection and state, in systemd's fd store).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import socket
 import stat
 
 from ..log import Log
+from . import fdstore, restart
 from .policy import POLICY_FILE, Policy, check_owner
 
 SOCKET = "/run/condor-systemd/io.condorsystemd.Job"
-SD_LISTEN_FDS_START = 3
 
 
 def main(socket_path: str | None = None, policy_file: str = POLICY_FILE) -> int:
@@ -46,25 +47,17 @@ def main(socket_path: str | None = None, policy_file: str = POLICY_FILE) -> int:
         log.error(str(exc))
         print(f"condor-systemd broker: {exc}", flush=True)
         return 125
-    listeners = _activated() or [_listen(socket_path or SOCKET)]
-    server = Server(listeners, backend, policy, log)
+    passed = fdstore.received()
+    listeners = [socket.socket(fileno=fd) for _name, fd in passed if fdstore.is_listener(fd)]
+    entries, stray = restart.entries([(n, fd) for n, fd in passed if not fdstore.is_listener(fd)])
+    for fd in stray:
+        os.close(fd)
+    server = Server(listeners or [_listen(socket_path or SOCKET)], backend, policy, log)
     server.watch_signals()
+    server.take_back(entries)
+    fdstore.notify("READY=1")
     server.serve()
     return 0
-
-
-def _activated() -> list[socket.socket]:
-    """The sockets systemd passed (sd_listen_fds(3)); none when not socket-activated."""
-    if os.environ.get("LISTEN_PID") != str(os.getpid()):
-        return []
-    count = int(os.environ.get("LISTEN_FDS", "0") or 0)
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        os.environ.pop(name, None)
-    out = []
-    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
-        os.set_inheritable(fd, False)
-        out.append(socket.socket(fileno=fd))
-    return out
 
 
 def _listen(path: str) -> socket.socket:

@@ -16,9 +16,10 @@ import socket
 import time
 from typing import Callable
 
+from ..backends.bus import BusError
 from ..backends.systemd import SystemdBackend
 from ..log import Log
-from . import suspend
+from . import peer, restart, suspend
 from .policy import Policy
 from .session import Session
 
@@ -174,6 +175,12 @@ class Server:
                 self.log.warning(f"cannot watch {events}: {exc}")
         self.at(time.monotonic() + suspend.POLL_INTERVAL, _bound(self.look_at_caller, session))
 
+    def suspension_now(self, session: Session) -> None:
+        """Where the caller stands now (a job taken back after a restart of the broker)."""
+        events = session.caps.freeze_file if session.caps else None
+        session.caller_suspended(frozen=suspend.frozen(events) if events else None,
+                                 stopped=suspend.stopped(session.peer.pid))
+
     def freezes_changed(self) -> None:
         assert self.inotify is not None
         for wd in self.inotify.changed():
@@ -219,6 +226,7 @@ class Server:
 
     def released(self, session: Session) -> None:
         self.stop_following(session)
+        session.forget_kept()
         job = session.job
         if job is not None and self.by_unit.get(job.unit or "") is session:
             del self.by_unit[job.unit or ""]
@@ -246,7 +254,65 @@ class Server:
         except BlockingIOError:
             return
         if signal.SIGTERM in got or signal.SIGINT in got:
-            self.shut_down()
+            if self.restarting():
+                self.hand_over()
+            else:
+                self.shut_down()
+
+    def restarting(self) -> bool:
+        """Is systemd restarting us (a restart job on our unit), with our fd store in use?"""
+        if not any(s.kept is not None and s.kept.stored for s in self.sessions.values()):
+            return False
+        conn = self.backend.conn
+        try:
+            (path,) = conn.call_manager("GetUnitByPID", "u", (os.getpid(),))
+            job_id, job_path = conn.get_all(path, "org.freedesktop.systemd1.Unit")["Job"]
+            if not job_id:
+                return False
+            job_type = conn.get_all(job_path, "org.freedesktop.systemd1.Job")["JobType"]
+        except (BusError, KeyError, ValueError) as exc:
+            self.log.warning(f"cannot tell a restart from a stop ({exc}): stopping")
+            return False
+        return "restart" in job_type
+
+    def hand_over(self) -> None:
+        """A restart: leave every job running. Its connection and state are in systemd's fd
+        store; the next broker takes them back (take_back)."""
+        self.stopping = True
+        self.log.info(f"restarting; {len(self.by_unit)} jobs stay, for the next broker")
+
+    def take_back(self, entries: list[restart.Entry]) -> None:
+        """The jobs a previous broker left in the fd store: each gets its session again, its
+        caller its replies; a caller gone meanwhile has its job killed, as on a hang-up."""
+        for entry in entries:
+            try:
+                state = entry.state()
+            except ValueError as exc:
+                self.log.error(f"fd store entry {entry.name}: {exc}; dropped")
+                entry.kept().drop()
+                if entry.connection is not None:
+                    os.close(entry.connection)
+                continue
+            if entry.connection is None:  # its caller hung up while no broker was here
+                sock, other = socket.socketpair()
+                other.close()  # the session reads the hang-up at once, and kills the job
+                caller = peer.Peer(*_ids(state), peer.NO_PIDFD)
+            else:
+                sock = socket.socket(fileno=entry.connection)
+                caller = None
+            sock.setblocking(False)
+            session = Session(self, sock, caller)
+            session.kept = entry.kept()
+            self.sessions[sock.fileno()] = session
+            self.selector.register(sock, selectors.EVENT_READ, ("session", session))
+            try:
+                session.restore(state)
+            except Exception:  # noqa: BLE001 - one bad entry must not cost the others
+                self.log.error(f"cannot take back {entry.name}: {_traceback()}")
+                session.hang_up()
+            self.pump()
+        if entries:
+            self.log.info(f"took back {len(entries)} jobs from the previous broker")
 
     def shut_down(self) -> None:
         """Stop: every job still running is killed (a job must not outlive the broker that
@@ -267,6 +333,11 @@ def _traceback() -> str:
     import traceback
 
     return traceback.format_exc().replace("\n", " | ")
+
+
+def _ids(state: dict) -> tuple[int, int, int]:
+    """The caller's uid, gid and pid as the state recorded them."""
+    return tuple(int(state.get(key) or 0) for key in ("uid", "gid", "pid"))  # type: ignore[return-value]
 
 
 def _bound(method: Callable[[Session], None], session: Session) -> Callable[[], None]:

@@ -18,10 +18,11 @@ from .. import varlink
 from ..errors import CondorSystemdError, LaunchError, UsageError
 from ..log import Log
 from ..spec import Inheritance
-from . import interface, peer
+from . import interface, peer, restart
 
 if TYPE_CHECKING:
     from ..backends.unitjob import SystemdJob
+    from ..spec import JobSpec
     from ..usage import Usage
     from .server import Server
 
@@ -43,10 +44,11 @@ class SessionLog(Log):
 
 
 class Session:
-    def __init__(self, server: Server, sock: socket.socket) -> None:
+    def __init__(self, server: Server, sock: socket.socket,
+                 caller: peer.Peer | None = None) -> None:
         self.server = server
         self.sock = sock
-        self.peer = peer.identify(sock)
+        self.peer = caller or peer.identify(sock)
         self.reader = varlink.Reader()
         self.outbox = varlink.Outbox()
         self.job: SystemdJob | None = None
@@ -65,6 +67,10 @@ class Session:
         self.freeze_watch: int | None = None  # the inotify watch on the caller's cgroup.events
         self.usage_file: str | None = None
         self.log_file: str | None = None
+        self.spec: JobSpec | None = None
+        self.kept: restart.Kept | None = None  # the job's entry in systemd's fd store
+        self.final_reply: dict | None = None
+        self.saved_phase = ""
 
     # -- input ---------------------------------------------------------------------------------
     def readable(self) -> None:
@@ -139,19 +145,28 @@ class Session:
         self.log = SessionLog(self)
         for key, why in self.capped:
             self.log.notice(f"{key}: {why}")
+        self.spec = spec
+        self.keep()  # before the unit exists: a broker killed from here on leaves it findable
         try:
             self.job = self.server.backend.start(spec, stdio, self.log)
         except CondorSystemdError as exc:
+            self.forget_kept()
             self.log.error(str(exc))
             return interface.reply_error(interface.LAUNCH_FAILED, message=str(exc),
                                          exit_code=exc.exit_code)
+        self.remember()
         self.server.started(self)
         self.server.follow_suspension(self)
+        self.announce()
+        self.job_event()  # it may have ended already
+        return None
+
+    def announce(self) -> None:
+        """The first reply: the job runs (sent again by a restarted broker: harmless)."""
+        assert self.job is not None
         self.send(varlink.reply({"unit": self.job.unit, "usage_file": self.usage_file,
                                  "usage_format": self.usage_format, "log_file": self.log_file,
                                  "notices": self.take_notices()}, continues=True))
-        self.job_event()  # it may have ended already
-        return None
 
     def prepare(self, parameters: dict, fds: list[int]):  # noqa: ANN201 - (JobSpec, stdio)
         from ..cli import Caller, build_parser, spec_from_args
@@ -201,10 +216,12 @@ class Session:
         if signum in STOPPING and self.stop_deadline is None:
             self.stop_deadline = time.monotonic() + self.job.spec.stop_timeout
             self.server.at(self.stop_deadline, self.stop_timeout_reached)
+            self.remember()
 
     def stop_timeout_reached(self) -> None:
         if self.job is not None and not self.final_sent and not self.killed:
             self.killed = True
+            self.remember()
             self.job.kill()
             self.job_event()
 
@@ -220,22 +237,28 @@ class Session:
             return
         self.frozen = suspended
         self.job.freeze(suspended)
+        self.remember()
         self.flush_notices()
 
     def job_event(self) -> None:
         """The job's unit changed: if its main process has ended, collect and reply."""
         job = self.job
         if job is None or self.final_sent or not job.has_ended():
+            if job is not None and job.phase != self.saved_phase:
+                self.remember()  # running: its cgroup and verdicts are known now
             self.flush_notices()
             return
         self.final_sent = True
         try:
             usage = job.collect()
         except CondorSystemdError as exc:
-            self.send(interface.reply_error(interface.LAUNCH_FAILED, message=str(exc),
-                                            exit_code=exc.exit_code))
+            self.final_reply = interface.reply_error(interface.LAUNCH_FAILED, message=str(exc),
+                                                     exit_code=exc.exit_code)
         else:
-            self.send(varlink.reply({**self.final(usage), "notices": self.take_notices()}))
+            self.final_reply = varlink.reply({**self.final(usage),
+                                              "notices": self.take_notices()})
+        self.remember()  # collect() let the unit go: from now on the reply is all there is
+        self.send(self.final_reply)
         self.server.releasing(self)
 
     def final(self, usage: Usage) -> dict:
@@ -250,6 +273,8 @@ class Session:
             return
         self.hung_up = True
         self.server.forget_socket(self)
+        if self.kept is not None and self.job is not None and not self.final_sent:
+            self.kept.store(None)  # no connection to give back; a new broker kills the job
         if self.job is not None and not self.final_sent:
             self.job.log.notice("the caller is gone: killing every process of the job")
             if self.frozen:  # HTCondor's hard kill freezes first: let the kill reach them
@@ -303,7 +328,77 @@ class Session:
         except OSError:
             self.hang_up()
 
+    # -- surviving a restart of the broker (restart.py) --------------------------------------------
+    def keep(self) -> None:
+        try:
+            self.kept = restart.Kept.new()
+            self.remember()
+            self.kept.store(self.sock.fileno())
+        except OSError as exc:  # no memfd: this job will not survive a restart, but it runs
+            self.server.log.warning(f"cannot keep the job's state for a restart: {exc}")
+            self.kept = None
+
+    def remember(self) -> None:
+        if self.kept is None or self.spec is None:
+            return
+        job = self.job
+        self.saved_phase = job.phase if job else "starting"
+        try:
+            self.kept.save({
+                "spec": restart.spec_to_state(self.spec), "phase": self.saved_phase,
+                "uid": self.peer.uid, "gid": self.peer.gid, "pid": self.peer.pid,
+                "cgroup": job.cgroup if job else None,
+                "enforced": restart.verdicts_to_state(job.enforced if job else {}),
+                "capped": self.capped, "usage_file": self.usage_file,
+                "usage_format": self.usage_format, "log_file": self.log_file,
+                "stop_deadline": self.stop_deadline, "killed": self.killed,
+                "frozen": self.frozen, "final": self.final_reply})
+        except OSError as exc:
+            self.server.log.warning(f"cannot keep the job's state for a restart: {exc}")
+
+    def restore(self, state: dict) -> None:
+        """Take the job back after a restart of the broker (server.take_back)."""
+        self.spec = restart.spec_from_state(state["spec"])
+        self.capped = [(str(k), str(why)) for k, why in state.get("capped") or ()]
+        self.usage_file, self.log_file = state.get("usage_file"), state.get("log_file")
+        self.usage_format = state.get("usage_format") or "json"
+        self.stop_deadline, self.killed = state.get("stop_deadline"), bool(state.get("killed"))
+        self.frozen, self.final_reply = bool(state.get("frozen")), state.get("final")
+        if self.final_reply is not None:  # the job was over; the reply may not have gone out
+            self.final_sent = True
+            self.send(self.final_reply)
+            return
+        self.log = SessionLog(self)
+        self.job = self.server.backend.adopt(
+            self.spec, self.log, state.get("phase") or "starting", state.get("cgroup"),
+            restart.verdicts_from_state(state.get("enforced") or {}))
+        self.saved_phase = self.job.phase
+        self.server.started(self)
+        if not self.job.created:  # never started, or gone long ago: the exit status is lost
+            self.final_sent = True
+            self.final_reply = interface.reply_error(
+                interface.LAUNCH_FAILED, exit_code=125,
+                message=f"the broker restarted and {self.spec.unit_name} was gone")
+            self.send(self.final_reply)
+            self.server.releasing(self)
+            return
+        self.caps = peer.cgroup_caps(self.peer.pid, self.server.backend.layout)
+        self.server.follow_suspension(self)
+        self.announce()
+        if self.stop_deadline is not None and not self.killed:
+            self.job.stopping = True
+            self.server.at(self.stop_deadline, self.stop_timeout_reached)
+        self.server.suspension_now(self)
+        self.job_event()
+
+    def forget_kept(self) -> None:
+        if self.kept is not None:
+            self.kept.drop()
+            self.kept = None
+
     def close(self) -> None:
+        if self.job is None:
+            self.forget_kept()  # (with a job: once the server has released it)
         if not self.closed:
             self.closed = True
             self.reader.close()
