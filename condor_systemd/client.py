@@ -1,8 +1,9 @@
 """The thin client: `condor-systemd run` through the broker, as any user, root included.
 
 It starts once per job and lives as long as the job, so it imports only what it needs: os, sys,
-signal, select and the varlink framing (json, socket, array) -- no argparse, jeepney, psutil or
-asyncio. The broker parses the options (it is the policy point); the client does what only the
+select, the C halves of signal and socket, and the varlink framing (array and the C JSON scanner)
+-- no argparse, jeepney, psutil, asyncio, json, re, enum or typing (tests/unit/test_client.py).
+The broker parses the options (it is the policy point); the client does what only the
 caller can do:
 
 * resolve the command in its own PATH and its own view of the filesystem (the broker never
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import sys
 
 from . import varlink
@@ -38,6 +38,12 @@ from .exits import (
     tell_htcondor,
     write_file_atomically,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:  # signal.py wraps these in enums: enum alone costs ~2.5 ms of every start
+    import _signal as signal
 
 INTERFACE = "io.condorsystemd.Job"
 SOCKET = f"/run/condor-systemd/{INTERFACE}"
@@ -123,10 +129,10 @@ class _Client:
         return self.wait(sock)
 
     def connect(self):  # noqa: ANN201 - a socket.socket; not imported for the annotation
-        import socket
+        import _socket  # (socket.py: enums again)
 
         path = socket_path()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
             sock.connect(path)
         except OSError as exc:

@@ -24,7 +24,8 @@ message, which refers to them by index. The API, and the only one:
     reply(parameters, continues=False), error(name, parameters=None)    messages to send
     ProtocolError   the peer broke the protocol (one-line reason): close the connection
     VarlinkError    an error reply received or to send: .name, .parameters
-    SERVICE_INTERFACE, INTERFACE_NOT_FOUND ... EXPECTED_MORE   org.varlink.service
+    INTERFACE_NOT_FOUND ... EXPECTED_MORE   org.varlink.service's errors (its interface text:
+                                        broker/interface.py)
 
 Limits, since every local user reaches the broker: MAX_MESSAGE bytes per frame (NUL included),
 which is also all a Reader ever holds (messages not yet taken by next() count, so a client cannot
@@ -47,20 +48,21 @@ first byte of a message (EPROTO otherwise).
 
 from __future__ import annotations
 
-import array
-import json
+import _socket as socket  # socket.py's enums cost the thin client ~2.5 ms a start
 import os
-import socket
+import sys
+
+from . import jsoncodec
+from .jsoncodec import MAX_DEPTH as MAX_DEPTH  # part of the API above
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
-    from typing import Any
 
 MAX_MESSAGE = 256 * 1024  # bytes of one frame, NUL included; also what a Reader may hold
 MAX_FDS = 3  # a job's stdin, stdout and stderr
-MAX_DEPTH = 32  # our messages nest 3 or 4 deep; json's recursion limit is ~1000
 MAX_OUTBOX = 1024 * 1024  # unsent bytes a peer may leave behind before it is cut off
+_INT = 4  # sizeof(int): an fd in SCM_RIGHTS (the array module would import collections)
 _READ_SIZE = 64 * 1024  # larger reads make each recvmsg() mmap a fresh buffer
 
 INTERFACE_NOT_FOUND = "org.varlink.service.InterfaceNotFound"  # parameters {"interface": str}
@@ -70,44 +72,6 @@ INVALID_PARAMETER = "org.varlink.service.InvalidParameter"  # {"parameter": str}
 PERMISSION_DENIED = "org.varlink.service.PermissionDenied"
 EXPECTED_MORE = "org.varlink.service.ExpectedMore"
 
-# GetInterfaceDescription's answer for org.varlink.service, verbatim from https://varlink.org/Service
-SERVICE_INTERFACE = """\
-# The Varlink Service Interface is provided by every varlink service. It
-# describes the service and the interfaces it implements.
-interface org.varlink.service
-
-# Get a list of all the interfaces a service provides and information
-# about the implementation.
-method GetInfo() -> (
-  vendor: string,
-  product: string,
-  version: string,
-  url: string,
-  interfaces: []string
-)
-
-# Get the description of an interface that is implemented by this service.
-method GetInterfaceDescription(interface: string) -> (description: string)
-
-# The requested interface was not found.
-error InterfaceNotFound (interface: string)
-
-# The requested method was not found
-error MethodNotFound (method: string)
-
-# The interface defines the requested method, but the service does not
-# implement it.
-error MethodNotImplemented (method: string)
-
-# One of the passed parameters is invalid.
-error InvalidParameter (parameter: string)
-
-# Client is denied access
-error PermissionDenied ()
-
-# Method is expected to be called with 'more' set to true, but wasn't
-error ExpectedMore ()
-"""
 
 
 class ProtocolError(Exception):
@@ -123,7 +87,7 @@ class VarlinkError(Exception):
         self.parameters = {} if parameters is None else parameters
 
     def __str__(self) -> str:
-        return f"{self.name} {json.dumps(self.parameters)}" if self.parameters else self.name
+        return f"{self.name} {jsoncodec.dumps(self.parameters)}" if self.parameters else self.name
 
 
 def _close_all(fds: Iterable[int]) -> None:
@@ -134,85 +98,22 @@ def _close_all(fds: Iterable[int]) -> None:
             pass
 
 
-def _no_constant(name: str) -> object:
-    raise ProtocolError(f"{name} is not JSON")
-
-
-def _int(text: str) -> int:
-    # int() of a long digit string is quadratic before Python 3.11's digit limit
-    value = int(text) if len(text) <= 21 else None
-    if value is None or not -(2**63) <= value < 2**64:
-        raise ProtocolError("integer outside 64 bits")
-    return value
-
-
-def _float(text: str) -> float:
-    value = float(text)
-    if value - value != 0.0:  # 1e999 parses as inf: Infinity by another name
-        raise ProtocolError("number out of range")
-    return value
-
-
-def _object(pairs: list[tuple[str, object]]) -> dict:
-    # two readers of one message must never disagree on which duplicate counts
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ProtocolError("duplicate key in a JSON object")
-    return result
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_float=_float, parse_int=_int,
-                            parse_constant=_no_constant)
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def _check(value: object, strings: bool) -> None:
-    """Depth, and lone surrogates (a valid \\ud83d\\ude00 pair decodes to one character) when
-    strings is set; iterative, so a hostile document cannot exhaust the stack."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise ProtocolError(f"JSON nested deeper than {MAX_DEPTH}")
-        if isinstance(node, dict):
-            if strings:
-                for key in node:
-                    key.encode()
-            node = node.values()
-        for child in node:
-            if isinstance(child, (dict, list)):
-                stack.append((child, depth + 1))
-            elif strings and isinstance(child, str):
-                child.encode()
-
-
 def _decode(frame: bytes) -> dict:
     try:
         text = frame.decode()
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"message is not UTF-8 (byte {exc.start})") from None
     try:
-        value = _DECODER.decode(text)
-    except RecursionError:
-        raise ProtocolError(f"JSON nested deeper than {MAX_DEPTH}") from None
-    except ValueError as exc:
-        raise ProtocolError(f"invalid JSON: {getattr(exc, 'msg', exc)} "
-                            f"(character {getattr(exc, 'pos', '?')})") from None
+        value = jsoncodec.loads(text)
+    except jsoncodec.Invalid as exc:
+        raise ProtocolError(str(exc)) from None
     if type(value) is not dict:
         raise ProtocolError("message is not a JSON object")
-    # the walk is skipped when counting brackets already proves the depth and no \uDxxx escape
-    # could have produced a surrogate
-    strings = "\\ud" in text or "\\uD" in text
-    if strings or text.count("{") + text.count("[") > MAX_DEPTH:
-        try:
-            _check(value, strings)
-        except UnicodeEncodeError:
-            raise ProtocolError("lone UTF-16 surrogate in a JSON string") from None
     return value
 
 
 def encode(message: dict) -> bytes:
-    frame = _ENCODER.encode(message).encode() + b"\0"
+    frame = jsoncodec.dumps(message).encode() + b"\0"
     if len(frame) > MAX_MESSAGE:
         raise ValueError(f"message of {len(frame)} bytes, more than MAX_MESSAGE ({MAX_MESSAGE})")
     return frame
@@ -221,7 +122,8 @@ def encode(message: dict) -> bytes:
 def _rights(fds: Sequence[int]) -> list[tuple[int, int, bytes]]:
     if len(fds) > MAX_FDS:
         raise ValueError(f"{len(fds)} fds for one message, at most {MAX_FDS}")
-    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+    data = b"".join(fd.to_bytes(_INT, sys.byteorder, signed=True) for fd in fds)
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, data)]
 
 
 _TAKEN: tuple[bytes, list[int]] = (b"", [])
@@ -312,7 +214,7 @@ class Reader:
 
 
 # room for one fd more than allowed, so that too many fds is told apart from a truncated cmsg
-_ANCILLARY = socket.CMSG_SPACE((MAX_FDS + 1) * array.array("i").itemsize)
+_ANCILLARY = socket.CMSG_SPACE((MAX_FDS + 1) * _INT)
 
 
 def recv_into(sock: socket.socket, reader: Reader) -> bool:
@@ -327,9 +229,8 @@ def recv_into(sock: socket.socket, reader: Reader) -> bool:
     fds: list[int] = []
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            received = array.array("i")
-            received.frombytes(payload[:len(payload) - len(payload) % received.itemsize])
-            fds.extend(received)
+            fds.extend(int.from_bytes(payload[i:i + _INT], sys.byteorder, signed=True)
+                       for i in range(0, len(payload) - _INT + 1, _INT))
     if flags & socket.MSG_CTRUNC:
         _close_all(fds)  # the kernel closed the ones that did not fit
         reader._fail("too many fds: control data truncated")

@@ -113,7 +113,7 @@ class Session:
                 if wanted == interface.NAME:
                     return varlink.reply({"description": interface.DESCRIPTION})
                 if wanted == "org.varlink.service":
-                    return varlink.reply({"description": varlink.SERVICE_INTERFACE})
+                    return varlink.reply({"description": interface.SERVICE_INTERFACE})
                 return varlink.error(varlink.INTERFACE_NOT_FOUND, {"interface": str(wanted)})
         elif iface == interface.NAME:
             if name == "List":
@@ -169,7 +169,7 @@ class Session:
                                  "notices": self.take_notices()}, continues=True))
 
     def prepare(self, parameters: dict, fds: list[int]):  # noqa: ANN201 - (JobSpec, stdio)
-        from ..cli import Caller, build_parser, spec_from_args
+        from ..cli import Caller, spec_from_args
 
         arguments = interface.strings(parameters, "arguments", 1024)
         command = interface.strings(parameters, "command", 65536)
@@ -188,7 +188,7 @@ class Session:
         if any(a in ("-h", "--help") for a in arguments):
             raise UsageError("--help is not a job")
         try:
-            args = build_parser().parse_args(["run", *arguments, "--", *command])
+            args = _parser().parse_args(["run", *arguments, "--", *command])
         except SystemExit:  # argparse's own exits (none expected with help refused)
             raise UsageError("cannot parse the options") from None
         if args.backend == "psutil":
@@ -405,6 +405,17 @@ class Session:
             self.outbox.close()
             self.sock.close()
             self.peer.close()
+
+
+_PARSER: list = []
+
+
+def _parser():  # noqa: ANN202 - argparse.ArgumentParser, built once (~1 ms each time)
+    if not _PARSER:
+        from ..cli import build_parser
+
+        _PARSER.append(build_parser())
+    return _PARSER[0]
 
 
 def _close(fd: int) -> None:
