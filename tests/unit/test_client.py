@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # Each costs a start of the client milliseconds (enum ~2.5 ms, json with re ~5 ms on the CI
 # machine) or belongs to the in-process path only.
 HEAVY = {"enum", "json", "re", "socket", "signal", "typing", "dataclasses", "argparse", "array",
-         "collections", "inspect", "selectors", "asyncio", "jeepney", "psutil", "condor_systemd.cli",
-         "condor_systemd.spec", "condor_systemd.usage", "condor_systemd.backends"}
+         "collections", "inspect", "selectors", "asyncio", "jeepney", "psutil",
+         "condor_systemd.cli", "condor_systemd.spec", "condor_systemd.usage",
+         "condor_systemd.backends"}
 
 
 def test_the_launch_path_imports_nothing_heavy():
