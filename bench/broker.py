@@ -4,9 +4,11 @@
 
 Boots the test sandbox (systemd 252 as PID 1 of fresh namespaces), installs the broker from
 units/ (tests/harness/broker.py: socket-activated, as on a node), then measures inside it:
-  * wall time of bare `true`, `systemd-run --wait --pipe --quiet true` and the client's
-    `condor-systemd run -- true` (Debian's /usr/bin/python3, as a job user runs it), interleaved
-    in rounds; the median of the per-round ratios (target: client <= 1.5x systemd-run);
+  * wall time of bare `true`, `systemd-run --wait --pipe --quiet true` (plain, and with the
+    settings every job's unit gets: private /tmp, accounting, Type=exec, a stop-post process)
+    and the client's `condor-systemd run -- true` (Debian's /usr/bin/python3, as a job user runs
+    it), interleaved in rounds; the median of the per-round ratios (target: client <= 1.5x
+    plain systemd-run); the interpreter's start-up and the client's imports alone;
   * a waiting client's RSS against a bare /usr/bin/python3's (target <= 1.15x), and its CPU
     while the job sleeps (target: 0 ticks: it waits on its socket);
   * N jobs at once (`sleep 1`): the wall time of N concurrent clients against N concurrent
@@ -30,10 +32,16 @@ from bench.launch import cpu_ticks, status_field  # noqa: E402
 from tests.harness import broker  # noqa: E402
 
 SYSTEMD_RUN = ["systemd-run", "--wait", "--pipe", "--quiet"]
+# What every job's unit gets without options (backends/service.py): the job's own /tmp, the
+# accounting, a start that waits for the exec, a process in stop-post (our cgroup holder).
+LIKE_FOR_LIKE = ["--slice", "condor.slice", "-p", "Type=exec", "-p", "PrivateTmp=yes",
+                 "-p", "ExecStopPost=/bin/true"] + [
+    arg for kind in ("CPU", "Memory", "IO", "Tasks") for arg in ("-p", f"{kind}Accounting=yes")]
+CLIENT_IMPORTS = "import condor_systemd.launch, condor_systemd.client"
 
 
 def client(*args: str) -> list[str]:
-    return [broker.CLIENT_PYTHON, "-m", "condor_systemd", *args]
+    return [broker.CLIENT_PYTHON, str(broker.SCRIPT), *args]  # as installed
 
 
 def client_env() -> dict[str, str]:
@@ -50,8 +58,11 @@ def launch(pairs: int) -> None:
     env = client_env()
     commands = {"true (bare)": (["true"], None),
                 "systemd-run --wait --pipe true": (SYSTEMD_RUN + ["true"], None),
+                "  the same, the wrapper's unit settings": (SYSTEMD_RUN + LIKE_FOR_LIKE + ["true"],
+                                                            None),
                 "condor-systemd run -- true (client)": (client("run", "--", "true"), env),
-                "/usr/bin/python3 -c pass": ([broker.CLIENT_PYTHON, "-c", "pass"], None)}
+                "/usr/bin/python3 -c pass": ([broker.CLIENT_PYTHON, "-c", "pass"], None),
+                "  + the client's imports": ([broker.CLIENT_PYTHON, "-c", CLIENT_IMPORTS], env)}
     for argv, e in commands.values():  # warm caches, start the broker
         for _ in range(3):
             timed(argv, e)
@@ -62,9 +73,11 @@ def launch(pairs: int) -> None:
     print(f"launch, {pairs} interleaved rounds, medians:")
     for name, values in times.items():
         print(f"  {name:40s} {statistics.median(values) * 1000:7.1f} ms")
-    ratio = statistics.median(c / s for c, s in zip(times["condor-systemd run -- true (client)"],
-                                                    times["systemd-run --wait --pipe true"]))
-    print(f"  client / systemd-run (median of per-round ratios): {ratio:.2f}x (target <= 1.5x)")
+    client_times = times["condor-systemd run -- true (client)"]
+    for name, note in (("systemd-run --wait --pipe true", " (target <= 1.5x)"),
+                       ("  the same, the wrapper's unit settings", "")):
+        ratio = statistics.median(c / s for c, s in zip(client_times, times[name]))
+        print(f"  client / {name.strip()} (median of per-round ratios): {ratio:.2f}x{note}")
 
 
 def waiting(seconds: float = 2) -> None:

@@ -99,7 +99,7 @@ def attack(jobs, name: str, *args: str, timeout: float = 120) -> dict:  # noqa: 
     """Run one of tests/broker/attacks.py as nobody; its JSON verdict."""
     shutil.copy(Path(__file__).with_name("attacks.py"), harness.PKG / "csd_attacks.py")
     os.chmod(harness.PKG / "csd_attacks.py", 0o644)
-    proc = jobs.inside(*harness.client_command()[:-2], str(harness.PKG / "csd_attacks.py"),
+    proc = jobs.inside(*harness.client_python(), str(harness.PKG / "csd_attacks.py"),
                        name, *args)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -184,7 +184,7 @@ def test_list_shows_the_callers_own_running_jobs(jobs):
             "varlink.send(s, {'method': 'io.condorsystemd.Job.List'})\n"
             "r = varlink.Reader()\nwhile (m := r.next()) is None: varlink.recv_into(s, r)\n"
             "print(json.dumps(m[0]))\n")
-    as_nobody = json.loads(jobs.inside(*harness.client_command()[:-2], "-c", code,
+    as_nobody = json.loads(jobs.inside(*harness.client_python(), "-c", code,
                                        str(harness.PKG), SOCKET).stdout)
     jobs_seen = as_nobody["parameters"]["jobs"]
     assert [j["unit"] for j in jobs_seen] == ["condor-job-u65534-listed.service"]

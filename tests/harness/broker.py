@@ -22,7 +22,9 @@ CLIENT_PYTHON = "/usr/bin/python3"
 JOB_USER, JOB_GROUP, JOB_UID = "nobody", "nogroup", 65534
 SOCKET = "/run/condor-systemd/io.condorsystemd.Job"
 POLICY = "/run/condor-systemd-test/broker.toml"
-UNITS = Path(__file__).resolve().parent.parent.parent / "units"
+ROOT = Path(__file__).resolve().parent.parent.parent
+UNITS = ROOT / "units"
+SCRIPT = PKG / "bin" / "condor-systemd"  # as pip installs bin/condor-systemd
 RUNTIME_UNITS = "/run/systemd/system"
 DROP_IN = f"{RUNTIME_UNITS}/condor-systemd.service.d/test.conf"
 
@@ -33,7 +35,7 @@ def copy_package() -> None:
     them; a guest has Debian's own)."""
     import importlib
 
-    sources = [Path(__file__).resolve().parent.parent.parent / "condor_systemd"]
+    sources = [ROOT / "condor_systemd"]
     for name in ("jeepney", "psutil"):
         try:
             sources.append(Path(importlib.import_module(name).__file__).parent)  # type: ignore[arg-type]
@@ -44,22 +46,30 @@ def copy_package() -> None:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+    SCRIPT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "bin" / "condor-systemd", SCRIPT)
     for root, _dirs, files in os.walk(PKG):
         os.chmod(root, 0o755)
         for name in files:
             os.chmod(os.path.join(root, name), 0o644)
 
 
-def client_command() -> list[str]:
-    """`condor-systemd` as the job user runs it (then: run OPTIONS -- CMD)."""
+def client_python() -> list[str]:
+    """The job user's interpreter, with the package on its path (then: a script or -c)."""
     return ["setpriv", f"--reuid={JOB_USER}", f"--regid={JOB_GROUP}", "--clear-groups",
-            "env", f"PYTHONPATH={PKG}", CLIENT_PYTHON, "-m", "condor_systemd"]
+            "env", f"PYTHONPATH={PKG}", CLIENT_PYTHON]
+
+
+def client_command() -> list[str]:
+    """`condor-systemd` as the job user runs it (then: run OPTIONS -- CMD): the installed
+    script, bin/condor-systemd."""
+    return [*client_python(), str(SCRIPT)]
 
 
 def in_process_command() -> list[str]:
     """`condor-systemd` as the job user runs it where no broker is installed."""
-    return [*client_command()[:-3], "CONDOR_SYSTEMD_SOCKET=/run/condor-systemd/none",
-            *client_command()[-3:]]
+    return [*client_python()[:-1], "CONDOR_SYSTEMD_SOCKET=/run/condor-systemd/none",
+            CLIENT_PYTHON, str(SCRIPT)]
 
 
 def install(systemd, policy: str = "") -> None:  # noqa: ANN001 - Sandbox or RunningSystemd

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,32 @@ def test_a_run_through_the_client_module_never_touches_the_heavy_modules():
     code, *modules = proc.stdout.split()
     assert code == "125" and "cannot be reached" in proc.stderr
     assert HEAVY & set(modules) == set(), modules
+
+
+def test_the_installed_script_adds_nothing_heavy(tmp_path):
+    """bin/condor-systemd, which pip installs as the command (its console_scripts wrapper
+    would import re), on its way to a broker that refuses the connection."""
+    script = ROOT / "bin" / "condor-systemd"
+    assert script.read_text().startswith("#!python\n")  # pip points it at the install's python
+    refusing = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    refusing.bind(str(tmp_path / "broker"))  # bound, not listening: ECONNREFUSED
+    code = (f"import sys, os, atexit; sys.path.insert(0, {str(ROOT)!r})\n"
+            f"os.environ['CONDOR_SYSTEMD_SOCKET'] = {str(tmp_path / 'broker')!r}\n"
+            "atexit.register(lambda: print(' '.join(sorted(sys.modules))))\n"
+            "sys.argv = ['condor-systemd', 'run', '--', 'true']\n"
+            f"exec(compile(open({str(script)!r}).read(), 'condor-systemd', 'exec'))\n")
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                          text=True)
+    refusing.close()
+    assert proc.returncode == 125 and "cannot be reached" in proc.stderr
+    assert HEAVY & set(proc.stdout.split()) == set(), proc.stdout
+
+
+def test_every_package_is_installed():
+    """A package missing from pyproject's list works from a checkout and is absent from an
+    install (the broker was, once)."""
+    listed = ROOT.joinpath("pyproject.toml").read_text().split("packages = [", 1)[1]
+    listed = listed.split("]", 1)[0]
+    for init in sorted(ROOT.joinpath("condor_systemd").rglob("__init__.py")):
+        name = ".".join(init.parent.relative_to(ROOT).parts)
+        assert f'"{name}"' in listed, f"{name} is not installed (pyproject.toml packages)"
