@@ -34,6 +34,7 @@ REC = "tests/behaviour/test_record.py::"
 ACC = "tests/behaviour/test_accounting.py::"
 KILL = "tests/behaviour/test_kill.py::"
 BRK = "tests/broker/test_broker.py::"
+RST = "tests/broker/test_restart.py::"
 
 
 class Breakage(NamedTuple):
@@ -159,6 +160,17 @@ BREAKAGES = (
     Breakage("a stopped caller's job runs on", "condor_systemd/broker/server.py",
              "        session.caller_suspended(stopped=suspend.stopped(session.peer.pid))\n", "",
              (BRK + "test_a_stopped_caller_stops_its_job",)),
+    Breakage("a restart of the broker kills its jobs", "condor_systemd/broker/server.py",
+             '        return "restart" in job_type', "        return False",
+             (RST + "test_systemctl_restart_mid_job_keeps_the_job_and_its_record",)),
+    Breakage("the next broker does not take the jobs back", "condor_systemd/broker/__init__.py",
+             "    server.take_back(entries)\n", "",
+             (RST + "test_a_job_that_ends_while_no_broker_runs_keeps_its_exit_status_and_"
+                    "accounting",)),
+    Breakage("a job whose caller died during a restart runs on", "condor_systemd/broker/server.py",
+             "                other.close()  #", "                continue  #",
+             (RST + "test_a_caller_that_dies_while_no_broker_runs_has_its_job_killed_by_the_"
+                    "next",)),
     Breakage("forwarded signals not delivered", RUNNER,
              "                        job.send_signal(signum)\n",
              "                        pass\n",

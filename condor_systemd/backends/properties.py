@@ -253,3 +253,21 @@ def name_for_dbus(dbus_name: str) -> str | None:
         if prop.dbus_name == dbus_name:
             return name
     return None
+
+
+def refused_by(error_text: str) -> str | None:
+    """The property systemd's error names as one it cannot set, if any."""
+    # systemd: "Cannot set property X, or unknown property." (org.freedesktop.DBus.Error.*)
+    marker = "Cannot set property "
+    if marker in error_text:
+        return error_text.split(marker, 1)[1].split(",", 1)[0].strip()
+    return None
+
+
+def record_key(name: str) -> str:
+    """The usage record's key for a property: a Limits/Sandbox field when it is one."""
+    for table in (LIMIT_PROPERTY, SANDBOX_PROPERTY):
+        for key, prop_name in table.items():
+            if prop_name == name:
+                return key
+    return name

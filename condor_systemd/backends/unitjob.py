@@ -130,7 +130,7 @@ class SystemdJob:
         return kept
 
     def note_dropped(self, name: str, why: str) -> None:
-        self.enforced[_record_key(name)] = Verdict(NOT_SENT, why)
+        self.enforced[properties.record_key(name)] = Verdict(NOT_SENT, why)
         self.log.notice(f"{name}: not sent: {why}")
 
     def start_unit(self, props: list) -> None:
@@ -144,7 +144,7 @@ class SystemdJob:
                 self.created = True
                 return
             except BusError as exc:
-                unknown = _unknown_property(exc)
+                unknown = properties.refused_by(exc.text)
                 if unknown and any(p[0] == unknown for p in props):
                     props = [p for p in props if p[0] != unknown]
                     name = properties.name_for_dbus(unknown) or unknown
@@ -392,23 +392,6 @@ class SystemdJob:
                    wall: float | None, result: str = "",
                    memory_peak_property: int | None = None) -> Usage:
         return record.make_usage(self, code, status, acct, wall, result, memory_peak_property)
-
-
-def _unknown_property(exc: BusError) -> str | None:
-    # systemd: "Cannot set property X, or unknown property." (org.freedesktop.DBus.Error.*)
-    marker = "Cannot set property "
-    if marker in exc.text:
-        return exc.text.split(marker, 1)[1].split(",", 1)[0].strip()
-    return None
-
-
-def _record_key(name: str) -> str:
-    """The usage record's key for a property: a Limits/Sandbox field when it is one."""
-    for table in (properties.LIMIT_PROPERTY, properties.SANDBOX_PROPERTY):
-        for key, prop_name in table.items():
-            if prop_name == name:
-                return key
-    return name
 
 
 # jeepney header field keys, looked up once

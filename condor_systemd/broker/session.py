@@ -1,9 +1,9 @@
 """One caller's connection: its calls, and the job it runs (at most one).
 
-Everything a caller sends is hostile until checked: frames are bounded and parsed by varlink.py,
-parameters are type-checked here, options go through the same parser as `condor-systemd run`,
-the policy applies to non-root callers, and fds are checked before systemd gets them and closed
-by us on every path. A caller that breaks the protocol is cut off (and its job stopped); one
+Everything a caller sends is hostile until checked: frames are bounded and parsed by varlink.py;
+parameters are type-checked, options go through the same parser as `condor-systemd run` and the
+policy applies to non-root callers (request.py); fds are checked before systemd gets them and
+closed by us on every path. A caller that breaks the protocol is cut off (and its job stopped); one
 that disconnects or dies stops its job at once (HTCondor's hard kill, a crashed wrapper).
 """
 
@@ -15,10 +15,9 @@ import time
 from typing import TYPE_CHECKING
 
 from .. import varlink
-from ..errors import CondorSystemdError, LaunchError, UsageError
+from ..errors import CondorSystemdError, UsageError
 from ..log import Log
-from ..spec import Inheritance
-from . import interface, peer, restart
+from . import interface, peer, request, restart
 
 if TYPE_CHECKING:
     from ..backends.unitjob import SystemdJob
@@ -131,7 +130,12 @@ class Session:
     # -- Run -----------------------------------------------------------------------------------
     def run(self, parameters: dict, fds: list[int]) -> dict | None:
         try:
-            spec, stdio = self.prepare(parameters, fds)
+            asked = request.prepare(parameters, fds, self.peer, self.server.policy,
+                                    self.server.backend.layout)
+            spec, stdio = asked.spec, asked.stdio
+            self.caps, self.capped = asked.caps, asked.capped
+            self.usage_file, self.usage_format = asked.usage_file, asked.usage_format
+            self.log_file = asked.log_file
         except interface.Invalid as exc:
             return varlink.error(varlink.INVALID_PARAMETER, {"parameter": exc.parameter})
         except UsageError as exc:
@@ -167,45 +171,6 @@ class Session:
         self.send(varlink.reply({"unit": self.job.unit, "usage_file": self.usage_file,
                                  "usage_format": self.usage_format, "log_file": self.log_file,
                                  "notices": self.take_notices()}, continues=True))
-
-    def prepare(self, parameters: dict, fds: list[int]):  # noqa: ANN201 - (JobSpec, stdio)
-        from ..cli import Caller, spec_from_args
-
-        arguments = interface.strings(parameters, "arguments", 1024)
-        command = interface.strings(parameters, "command", 65536)
-        executable = interface.string(parameters, "executable")
-        cwd = interface.string(parameters, "cwd")
-        environ = interface.environment(interface.strings(parameters, "environment"))
-        stdio = interface.check_stdio(fds, *(interface.integer(parameters, name, 0, 2)
-                                             for name in ("stdin", "stdout", "stderr")))
-        job_id = interface.string(parameters, "job_id", optional=True)
-        slot = interface.string(parameters, "slot", optional=True)
-        if not command:
-            raise interface.Invalid("command")
-        if not (executable or "").startswith("/") or not (cwd or "").startswith("/"):
-            raise interface.Invalid("executable" if not (executable or "").startswith("/")
-                                    else "cwd")
-        if any(a in ("-h", "--help") for a in arguments):
-            raise UsageError("--help is not a job")
-        try:
-            args = _parser().parse_args(["run", *arguments, "--", *command])
-        except SystemExit:  # argparse's own exits (none expected with help refused)
-            raise UsageError("cannot parse the options") from None
-        if args.backend == "psutil":
-            raise UsageError("--backend psutil runs without the broker")
-        caller = Caller(cwd, executable, job_id, slot, self.peer.pid)  # type: ignore[arg-type]
-        spec = spec_from_args(args, environ, caller)
-        inherit = Inheritance.of_process(self.peer.pid)
-        caps = self.caps = peer.cgroup_caps(self.peer.pid, self.server.backend.layout)
-        if not self.peer.alive():
-            raise LaunchError("the caller is gone")
-        if self.peer.uid != 0:
-            spec = spec._replace(job_id=f"u{self.peer.uid}-{spec.job_id}")
-            spec, self.capped = self.server.policy.apply(spec, self.peer.uid, self.peer.gid,
-                                                         caps, inherit)
-        self.usage_file, self.usage_format = args.usage_file, args.usage_format
-        self.log_file = args.log_file
-        return spec._replace(inherit=inherit), stdio
 
     # -- the job's life -------------------------------------------------------------------------
     def forward(self, parameters: dict) -> None:
@@ -405,17 +370,6 @@ class Session:
             self.outbox.close()
             self.sock.close()
             self.peer.close()
-
-
-_PARSER: list = []
-
-
-def _parser():  # noqa: ANN202 - argparse.ArgumentParser, built once (~1 ms each time)
-    if not _PARSER:
-        from ..cli import build_parser
-
-        _PARSER.append(build_parser())
-    return _PARSER[0]
 
 
 def _close(fd: int) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from condor_systemd.backends.bus import BusError
+from condor_systemd.backends.properties import record_key as _record_key
+from condor_systemd.backends.properties import refused_by
 from condor_systemd.backends.service import _valid_env_name, _valid_env_value, exec_argv
 from condor_systemd.backends.systemd import map_bus_error as _map_bus_error
-from condor_systemd.backends.unitjob import _record_key, _unknown_property, unit_object_path
+from condor_systemd.backends.unitjob import unit_object_path
 from condor_systemd.errors import BackendUnavailable, LaunchError, UnitExists
 
 PREFIX = "/org/freedesktop/systemd1/unit/"
@@ -104,19 +106,19 @@ def test_bus_error_fields():
 def test_unknown_property():
     exc = BusError("org.freedesktop.DBus.Error.PropertyReadOnly",
                    "Cannot set property Foo, or unknown property.")
-    assert _unknown_property(exc) == "Foo"
+    assert refused_by(exc.text) == "Foo"
 
 
 def test_unknown_property_other_error_names():
     exc = BusError("org.freedesktop.DBus.Error.InvalidArgs",
                    "Cannot set property MemoryZSwapMax, or unknown property.")
-    assert _unknown_property(exc) == "MemoryZSwapMax"
+    assert refused_by(exc.text) == "MemoryZSwapMax"
 
 
 @pytest.mark.parametrize("text", ["", "Unit condor-job-1.service already exists.",
                                   "Invalid argument"])
 def test_unknown_property_none(text):
-    assert _unknown_property(BusError("org.freedesktop.DBus.Error.InvalidArgs", text)) is None
+    assert refused_by(BusError("org.freedesktop.DBus.Error.InvalidArgs", text).text) is None
 
 
 def test_map_bus_error():

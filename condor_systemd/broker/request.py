@@ -1,0 +1,83 @@
+"""A Run call, checked and made into the job it asks for, as this caller may have it.
+
+Parameters are type-checked (interface.py), the options go through the same parser as
+`condor-systemd run`, and what the job inherits and the caller's own limits are read from
+/proc (never taken from the message); a non-root caller's job then goes through the policy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+from ..errors import LaunchError, UsageError
+from ..spec import Inheritance, JobSpec
+from . import interface, peer
+
+if TYPE_CHECKING:
+    import argparse
+
+    from ..backends.cgroupfs import Layout
+    from .policy import Policy
+
+
+class Request(NamedTuple):
+    spec: JobSpec
+    stdio: tuple[int, int, int]
+    caps: peer.Caps
+    capped: list[tuple[str, str]]  # what the policy or the caller's cgroup capped, and why
+    usage_file: str | None
+    usage_format: str
+    log_file: str | None
+
+
+def prepare(parameters: dict, fds: list[int], caller: peer.Peer, policy: Policy,
+            layout: Layout) -> Request:
+    """Raises interface.Invalid (a parameter), UsageError, or LaunchError (the caller left)."""
+    from ..cli import Caller, spec_from_args
+
+    arguments = interface.strings(parameters, "arguments", 1024)
+    command = interface.strings(parameters, "command", 65536)
+    executable = interface.string(parameters, "executable")
+    cwd = interface.string(parameters, "cwd")
+    environ = interface.environment(interface.strings(parameters, "environment"))
+    stdio = interface.check_stdio(fds, *(interface.integer(parameters, name, 0, 2)
+                                         for name in ("stdin", "stdout", "stderr")))
+    job_id = interface.string(parameters, "job_id", optional=True)
+    slot = interface.string(parameters, "slot", optional=True)
+    if not command:
+        raise interface.Invalid("command")
+    if not (executable or "").startswith("/") or not (cwd or "").startswith("/"):
+        raise interface.Invalid("executable" if not (executable or "").startswith("/")
+                                else "cwd")
+    if any(a in ("-h", "--help") for a in arguments):
+        raise UsageError("--help is not a job")
+    try:
+        args = _parser().parse_args(["run", *arguments, "--", *command])
+    except SystemExit:  # argparse's own exits (none expected with help refused)
+        raise UsageError("cannot parse the options") from None
+    if args.backend == "psutil":
+        raise UsageError("--backend psutil runs without the broker")
+    spec = spec_from_args(args, environ, Caller(cwd, executable, job_id, slot,  # type: ignore[arg-type]
+                                                caller.pid))
+    inherit = Inheritance.of_process(caller.pid)
+    caps = peer.cgroup_caps(caller.pid, layout)
+    if not caller.alive():
+        raise LaunchError("the caller is gone")
+    capped: list[tuple[str, str]] = []
+    if caller.uid != 0:
+        spec = spec._replace(job_id=f"u{caller.uid}-{spec.job_id}")
+        spec, capped = policy.apply(spec, caller.uid, caller.gid, caps, inherit)
+    return Request(spec._replace(inherit=inherit), stdio, caps, capped, args.usage_file,
+                   args.usage_format, args.log_file)
+
+
+_PARSER: list[argparse.ArgumentParser] = []
+
+
+def _parser() -> argparse.ArgumentParser:
+    """`condor-systemd run`'s parser, built once (~1 ms each time)."""
+    if not _PARSER:
+        from ..cli import build_parser
+
+        _PARSER.append(build_parser())
+    return _PARSER[0]
