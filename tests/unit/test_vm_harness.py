@@ -40,6 +40,34 @@ def test_recipe_hash_changes_with_a_recipe_file(tmp_path, monkeypatch):
     assert harness.recipe_hash("trixie") != before
 
 
+def test_the_htcondor_flavour_has_its_own_recipe_and_cache_entry():
+    assert harness.recipe_hash("trixie", "htcondor") != harness.recipe_hash("trixie")
+    names = {p.name for p in harness.recipe_files("htcondor")}
+    assert "50-csd-pool.conf" in names
+
+
+def test_a_new_image_replaces_only_its_own_stale_builds(tmp_path, monkeypatch):
+    """Rebuilding plain trixie must not throw the HTCondor image away, nor the reverse."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = harness.cache_dir()
+    for name in ("trixie-aaaa", "trixie-htcondor-bbbb", "bookworm-cccc", ".build-trixie-1",
+                 ".build-trixie-htcondor-2"):
+        (cache / name).mkdir(parents=True)
+
+    def fake_build(argv, **_kw):  # noqa: ANN001 - build-image.sh RELEASE OUT FLAVOUR
+        (harness.Path(argv[-2]) / "image.raw").write_text("disk")
+
+    monkeypatch.setattr(harness.subprocess, "run", fake_build)
+    harness.image("trixie")
+    left = {p.name for p in cache.iterdir() if not p.name.startswith(".lock")}
+    assert left == {"bookworm-cccc", ".build-trixie-htcondor-2", "trixie-htcondor-bbbb",
+                    f"trixie-{harness.recipe_hash('trixie')}"}
+    harness.image("trixie", flavour="htcondor")
+    left = {p.name for p in cache.iterdir() if not p.name.startswith(".lock")}
+    assert left == {"bookworm-cccc", f"trixie-{harness.recipe_hash('trixie')}",
+                    f"trixie-htcondor-{harness.recipe_hash('trixie', 'htcondor')}"}
+
+
 def test_accelerator_choice(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert harness.accelerators("tcg") == ["tcg"]

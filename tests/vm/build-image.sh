@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Build one guest image for the VM tier:  build-image.sh RELEASE OUT_DIR
+# Build one guest image for the VM tier:  build-image.sh RELEASE OUT_DIR [htcondor]
 #
 # OUT_DIR receives image.raw (ext4, the whole root file system), vmlinuz and initrd.img.
 # Run it through tests/vm/run, which calls it inside a private mount namespace (debootstrap's
 # and our chroot mounts vanish with it) and keys OUT_DIR by a hash of this recipe.
+# With "htcondor": Debian's HTCondor too, configured as a one-machine pool (htcondor/), and a
+# submit user, alice.
 set -euo pipefail
-release=$1 out=$2
+release=$1 out=$2 flavour=${3:-}
 here=$(cd "$(dirname "$0")" && pwd)
 
 # The packages of the guest: systemd as PID 1 with D-Bus and udev, a stock Debian kernel, and
@@ -13,6 +15,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 # so that nothing is fetched when a guest boots; procps for pgrep, used by the tests.
 packages=systemd,systemd-sysv,dbus,udev,kmod,linux-image-amd64,initramfs-tools,python3
 packages+=,python3-jeepney,python3-psutil,python3-pytest,procps
+if [ "$flavour" = htcondor ]; then
+  # condor's Python bindings need the cffi backend, which debootstrap does not pull in
+  packages+=,condor,python3-cffi-backend
+fi
 
 # The host's Debian archive (this machine can reach only it), else the public one.
 mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
@@ -27,6 +33,14 @@ debootstrap --variant=minbase --include="$packages" "$release" "$root" "$mirror"
 
 stage "configure"
 echo csd-vm > "$root/etc/hostname"
+if [ "$flavour" = htcondor ]; then
+  # HTCondor looks its own host name up
+  printf '127.0.0.1 localhost\n127.0.1.1 csd-vm\n' > "$root/etc/hosts"
+  install -m 0644 "$here/htcondor/50-csd-pool.conf" "$root/etc/condor/config.d/50-csd-pool.conf"
+  chroot "$root" useradd --create-home --shell /bin/bash alice
+  mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
+  ln -sf /lib/systemd/system/condor.service "$root/etc/systemd/system/multi-user.target.wants/condor.service"
+fi
 # A fixed machine id: an empty one means "first boot", and systemd-firstboot may ask questions.
 echo 0c5d0c5d0c5d0c5d0c5d0c5d0c5d0c5d > "$root/etc/machine-id"
 printf '/dev/vda / ext4 rw 0 1\n' > "$root/etc/fstab"

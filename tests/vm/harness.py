@@ -28,6 +28,7 @@ from typing import NamedTuple
 HERE = Path(__file__).resolve().parent
 CHECKOUT = HERE.parent.parent
 RELEASES = {"bookworm": "Debian 12, systemd 252", "trixie": "Debian 13, systemd 257"}
+FLAVOURS = ("htcondor",)  # images with more than the VM tier's guest: tests/vm/<flavour>/
 HARNESS_FAILED = 125  # the image could not be built or the guest did not boot
 TIMED_OUT = 124  # the command outlived --timeout; the guest was stopped
 KERNEL_ARGS = ("root=/dev/vda rw console=ttyS0 cgroup_no_v1=all "
@@ -53,13 +54,14 @@ def cache_dir() -> Path:
 
 # -- images --------------------------------------------------------------------------------
 
-def recipe_files() -> list[Path]:
-    return [HERE / "build-image.sh", *sorted((HERE / "guest").iterdir())]
+def recipe_files(flavour: str = "") -> list[Path]:
+    files = [HERE / "build-image.sh", *sorted((HERE / "guest").iterdir())]
+    return files + (sorted((HERE / flavour).iterdir()) if flavour else [])
 
 
-def recipe_hash(release: str) -> str:
-    digest = hashlib.sha256(release.encode())
-    for path in recipe_files():
+def recipe_hash(release: str, flavour: str = "") -> str:
+    digest = hashlib.sha256(f"{release}{flavour}".encode())
+    for path in recipe_files(flavour):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 
@@ -67,44 +69,46 @@ def recipe_hash(release: str) -> str:
 class Image(NamedTuple):
     release: str
     directory: Path
+    flavour: str = ""  # "htcondor": with a one-machine HTCondor pool
 
     @property
     def disk(self) -> Path:
         return self.directory / "image.raw"
 
 
-def image(release: str, build_timeout: float = 1200) -> tuple[Image, float]:
-    """The cached image of release for the current recipe, built first if missing or stale;
-    with the seconds spent building (0 when cached)."""
+def image(release: str, build_timeout: float = 1200, flavour: str = "") -> tuple[Image, float]:
+    """The cached image of release (and flavour) for the current recipe, built first if missing
+    or stale; with the seconds spent building (0 when cached)."""
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{release}-{recipe_hash(release)}"
+    name = f"{release}-{flavour}" if flavour else release
+    final = root / f"{name}-{recipe_hash(release, flavour)}"
     if (final / "image.raw").exists():
-        return Image(release, final), 0.0
-    with open(root / f".lock-{release}", "w") as lock:
+        return Image(release, final, flavour), 0.0
+    with open(root / f".lock-{name}", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another run may be building the same image
         if (final / "image.raw").exists():
-            return Image(release, final), 0.0
-        for stale in root.glob(f"{release}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        for stale in root.glob(f".build-{release}-*"):
-            shutil.rmtree(stale, ignore_errors=True)  # a build that was killed
-        work = root / f".build-{release}-{os.getpid()}"
+            return Image(release, final, flavour), 0.0
+        for pattern in (f"{name}-*", f".build-{name}-*"):  # older recipes; killed builds
+            for stale in root.glob(pattern):
+                if not any(f"{name}-{other}-" in stale.name for other in FLAVOURS):
+                    shutil.rmtree(stale, ignore_errors=True)
+        work = root / f".build-{name}-{os.getpid()}"
         work.mkdir()
         started = time.monotonic()
-        say(f"building the {release} image ({RELEASES[release]}) into {final}")
+        say(f"building the {name} image ({RELEASES[release]}) into {final}")
         try:
             # a private mount namespace: debootstrap's and the recipe's mounts die with it
             subprocess.run(["unshare", "--mount", "--propagation", "private",
-                            str(HERE / "build-image.sh"), release, str(work)],
+                            str(HERE / "build-image.sh"), release, str(work), flavour],
                            check=True, timeout=build_timeout, stdin=subprocess.DEVNULL,
                            stdout=sys.stderr, preexec_fn=_die_with_parent)
             work.rename(final)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            raise HarnessError("image build", f"{release}: {exc}") from None
+            raise HarnessError("image build", f"{name}: {exc}") from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        return Image(release, final), time.monotonic() - started
+        return Image(release, final, flavour), time.monotonic() - started
 
 
 # -- guests --------------------------------------------------------------------------------
@@ -194,6 +198,8 @@ class Run:
         (self.dir / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         (self.dir / "cwd").write_text(cwd)
         (self.dir / "checkout").write_text(str(CHECKOUT))
+        if img.flavour == "htcondor":
+            (self.dir / "htcondor").write_text("wait for the pool\n")  # csd-vm-guest does
         self.qemu: subprocess.Popen | None = None
         self.qemu_log = open(self.dir / "qemu.log", "w+b")  # noqa: SIM115 - closed in __exit__
         self.times: dict[str, float] = {}
@@ -390,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel-arg", action="append", default=[], metavar="ARG",
                         help="add ARG to the guest kernel's command line (repeatable), e.g. "
                              "systemd.log_level=debug")
+    parser.add_argument("--htcondor", action="store_true",
+                        help="trixie only: a guest with Debian's HTCondor (condor 23.9) as a "
+                             "one-machine pool on 127.0.0.1 and a submit user, alice; the pool "
+                             "is up when CMD starts")
     parser.add_argument("--image-only", action="store_true",
                         help="build (or find) the image and exit; no CMD")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
@@ -397,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command and not args.image_only:
         parser.error("no command: tests/vm/run [--release R] -- CMD [ARGS...]")
+    if args.htcondor and args.release != "trixie":
+        parser.error("--htcondor needs --release trixie (Debian 12 has no condor package)")
     if os.geteuid() != 0:
         parser.error("needs root (debootstrap, and guests that run the real-systemd tests)")
     for tool in ("qemu-system-x86_64", "debootstrap", "mkfs.ext4", "unshare"):
@@ -405,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _raise_on_signals()
     try:
-        img, built = image(args.release)
+        img, built = image(args.release, flavour="htcondor" if args.htcondor else "")
         if args.image_only:
             say(f"{args.release} image: {img.directory} (built in {built:.0f} s)"
                 if built else f"{args.release} image: {img.directory} (cached)")
