@@ -16,10 +16,10 @@ def submit(directory: Path, description: str) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     subprocess.run(["chown", SUBMITTER, str(directory)], check=True)
     (directory / "job.sub").write_text(description + "\nqueue\n")
-    out = subprocess.run(["runuser", "-u", SUBMITTER, "--", "condor_submit", "-terse",
-                          "job.sub"], cwd=directory, check=True, capture_output=True,
-                         text=True).stdout
-    return int(out.split(".")[0])
+    proc = subprocess.run(["runuser", "-u", SUBMITTER, "--", "condor_submit", "-terse",
+                           "job.sub"], cwd=directory, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.split(".")[0])
 
 
 def finished(cluster: int, timeout: float = 180) -> dict:
@@ -49,3 +49,65 @@ def test_a_job_runs_as_its_owner_in_its_own_unit_with_its_output_and_exit_code(p
     assert out[:2] == ["out", SUBMITTER], out
     assert any("condor.slice/condor-job-u" in line for line in out[2:]), out
     assert (work / "err").read_text() == "err\n"
+
+
+def running(cluster: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = subprocess.run(["condor_q", "-allusers", "-af", "JobStatus", "HoldReason",
+                                 str(cluster)], capture_output=True, text=True).stdout.strip()
+        if status.startswith("2"):
+            return
+        assert status, f"job {cluster} left the queue: {finished(cluster, 10)}"
+        if time.monotonic() > deadline:
+            slots = subprocess.run(["condor_status", "-af", "Name", "State", "Activity"],
+                                   capture_output=True, text=True).stdout
+            why = subprocess.run(["condor_q", "-allusers", "-better-analyze", str(cluster)],
+                                 capture_output=True, text=True).stdout
+            raise AssertionError(f"job {cluster} never started running: {status}\n{slots}\n"
+                                 f"{why[-1500:]}")
+        time.sleep(0.5)
+
+
+def processes(pattern: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-a", "-f", pattern], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+def job_units() -> str:
+    return subprocess.run(["systemctl", "list-units", "--all", "--plain", "--no-legend",
+                           "condor-job-*"], capture_output=True, text=True).stdout.strip()
+
+
+def wait_until(condition, timeout: float, what: str) -> float:  # noqa: ANN001
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, what
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def test_a_job_killed_by_a_signal_is_reported_so(pool, tmp_path):
+    work = Path("/home") / SUBMITTER / f"csd-{tmp_path.name}"
+    cluster = submit(work, "executable = /bin/sh\narguments = \"-c 'kill -KILL $$'\"\n"
+                           "output = out\nerror = err\nlog = log\nshould_transfer_files = NO")
+    ad = finished(cluster)
+    assert ad.get("ExitBySignal") is True and ad.get("ExitSignal") == 9, ad
+    assert (work / "out").read_text() == "" and (work / "err").read_text() == ""
+
+
+def test_condor_rm_leaves_no_process_and_no_unit(pool, tmp_path):
+    """Children that double-fork, setsid and nohup: all gone with the job."""
+    work = Path("/home") / SUBMITTER / f"csd-{tmp_path.name}"
+    script = ("setsid sleep 4271 & nohup sleep 4271 > /dev/null 2>&1 & (sleep 4271 &); "
+              "exec sleep 4271")
+    cluster = submit(work, f"executable = /bin/sh\narguments = \"-c '{script}'\"\n"
+                           "output = out\nerror = err\nlog = log\nshould_transfer_files = NO")
+    running(cluster)
+    wait_until(lambda: len(processes("^sleep 4271")) == 4, 60, "the job's 4 sleeps never ran")
+    assert "condor-job-u" in job_units()
+    subprocess.run(["runuser", "-u", SUBMITTER, "--", "condor_rm", str(cluster)], check=True,
+                   capture_output=True)
+    took = wait_until(lambda: not processes("^sleep 4271") and not job_units(), 60,
+                      "processes or the unit outlived condor_rm")
+    assert took < 30, took
