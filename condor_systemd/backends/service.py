@@ -147,6 +147,7 @@ class ServiceJob(SystemdJob):
         if not self.cgroup:
             self.kill_unit(signal.SIGKILL)
             return
+        self.thaw_to_kill()
         pids = cgroupfs.procs(self.layout, self.cgroup) or []
         holder = self.get_all(SERVICE_IFACE).get("ControlPID", 0)
         self.kill_pids(pids, {holder})

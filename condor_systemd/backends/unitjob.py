@@ -305,6 +305,7 @@ class SystemdJob:
         """Suspend or resume every process of the job (its caller was suspended or resumed):
         FreezeUnit/ThawUnit where systemd can (cgroup v2), else SIGSTOP/SIGCONT to all."""
         method = "FreezeUnit" if on else "ThawUnit"
+        self.frozen = on
         try:
             self.manager(method, "s", (self.unit,))
             self.log.info(f"the caller was {'suspended' if on else 'resumed'}: {method}")
@@ -312,9 +313,20 @@ class SystemdJob:
             self.log.info(f"{method} failed ({exc}); sending SIG{'STOP' if on else 'CONT'}")
             self.kill_unit(signal.SIGSTOP if on else signal.SIGCONT)
 
+    frozen = False
+
+    def thaw_to_kill(self) -> None:
+        """A frozen job is thawed before it is killed: once its main process dies, systemd
+        starts the ExecStopPost holder in the unit's cgroup, and a process started in a frozen
+        cgroup freezes before it execs; systemd 257 waits for that exec, and PID 1 hangs."""
+        if self.frozen:
+            self.freeze(False)
+
     def kill_unit(self, signum: int, who: str = "all") -> None:
         if not self.created:
             return
+        if signum not in (signal.SIGSTOP, signal.SIGCONT):
+            self.thaw_to_kill()
         try:
             self.manager("KillUnit", "ssi", (self.unit, who, int(signum)))
         except (BusError, CondorSystemdError) as exc:

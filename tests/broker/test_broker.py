@@ -249,13 +249,10 @@ def test_a_stopped_caller_stops_its_job(jobs):
     assert out.read_text().strip() == "30"
 
 
-def test_freezing_the_callers_cgroup_freezes_the_job(jobs, facts):
-    """condor_suspend on cgroup v2 writes 1 to the slot cgroup's cgroup.freeze: the wrapper
-    freezes, and the broker (inotify on the caller's cgroup.events) freezes the job's unit
-    within 1 s; thawing thaws it, and the job completes."""
-    facts.need_v2()
-    scope = f"csd-caller-{os.getpid()}.scope"
-    out = jobs.work / "count"
+def frozen_caller(jobs, out: Path, name: str):  # noqa: ANN001, ANN201 - (Popen, freeze file)
+    """A counting job whose caller runs in a scope of its own, that scope's cgroup frozen as
+    condor_suspend freezes a slot's (v2), and the job's unit frozen by the broker within 1 s."""
+    scope = f"csd-caller-{os.getpid()}-{name}.scope"
     proc = counting_job(jobs, out, ["systemd-run", "--quiet", "--scope", "--unit", scope, "--"])
     cgroup = jobs.inside("systemctl", "show", "-P", "ControlGroup", scope).stdout.strip()
     freeze = f"/sys/fs/cgroup{cgroup}/cgroup.freeze"
@@ -263,9 +260,45 @@ def test_freezing_the_callers_cgroup_freezes_the_job(jobs, facts):
     jobs.inside("sh", "-c", f"echo 1 > {freeze}")
     deadline = time.monotonic() + 1.0
     while jobs.inside("systemctl", "show", "-P", "FreezerState", unit).stdout.strip() != "frozen":
-        assert time.monotonic() < deadline, "the job's unit was not frozen within 1 s"
+        if time.monotonic() > deadline:
+            jobs.inside("sh", "-c", f"echo 0 > {freeze}")
+            raise AssertionError("the job's unit was not frozen within 1 s")
         time.sleep(0.05)
+    return proc, freeze
+
+
+def test_freezing_the_callers_cgroup_freezes_the_job(jobs, facts):
+    """condor_suspend on cgroup v2 writes 1 to the slot cgroup's cgroup.freeze: the wrapper
+    freezes, and the broker (inotify on the caller's cgroup.events) freezes the job's unit
+    within 1 s; thawing thaws it, and the job completes."""
+    facts.need_v2()
+    out = jobs.work / "count"
+    proc, freeze = frozen_caller(jobs, out, "freeze")
     assert still(out, 1.0), "the job ran on while its caller was frozen"
     jobs.inside("sh", "-c", f"echo 0 > {freeze}")
     assert proc.wait(timeout=60) == 0
     assert out.read_text().strip() == "30"
+
+
+def test_a_frozen_job_is_thawed_before_it_is_killed(jobs, facts):
+    """Stopping the broker kills a job that its frozen caller holds frozen. Were it killed
+    frozen, systemd would start the ExecStopPost holder in the frozen cgroup, where it freezes
+    before its exec, and systemd 257 would wait for that exec forever (PID 1 hangs)."""
+    facts.need_v2()
+    proc, freeze = frozen_caller(jobs, jobs.work / "count", "kill")
+    try:
+        stop = subprocess.run(jobs.command(["timeout", "30", "systemctl", "stop",
+                                            "condor-systemd.service"], str(jobs.work)),
+                              capture_output=True, text=True)
+        assert stop.returncode == 0, stop.stderr
+        deadline = time.monotonic() + 10
+        while units_left(jobs):
+            assert time.monotonic() < deadline, f"the job outlived the broker: {units_left(jobs)}"
+            time.sleep(0.1)
+        answer = subprocess.run(jobs.command(["timeout", "10", "systemctl", "show", "-P",
+                                              "Version"], str(jobs.work)),
+                                capture_output=True, text=True)
+        assert answer.returncode == 0 and answer.stdout.strip(), "systemd stopped answering"
+    finally:
+        jobs.inside("sh", "-c", f"echo 0 > {freeze}")
+    proc.wait(timeout=30)

@@ -111,3 +111,32 @@ def test_condor_rm_leaves_no_process_and_no_unit(pool, tmp_path):
     took = wait_until(lambda: not processes("^sleep 4271") and not job_units(), 60,
                       "processes or the unit outlived condor_rm")
     assert took < 30, took
+
+
+def test_condor_suspend_holds_the_job_and_condor_continue_resumes_it(pool, tmp_path):
+    """condor_suspend freezes the slot's cgroup (v2), which no longer holds the job: the broker
+    mirrors the freeze onto the job's unit; the job's counter stops, then runs on."""
+    work = Path("/home") / SUBMITTER / f"csd-{tmp_path.name}"
+    count = work / "count"
+    script = f"i=0; while [ $i -lt 80 ]; do i=$((i+1)); echo $i > {count}; sleep 0.1; done"
+    cluster = submit(work, f"executable = /bin/sh\narguments = \"-c '{script}'\"\n"
+                           "output = out\nerror = err\nlog = log\nshould_transfer_files = NO")
+    running(cluster)
+    wait_until(lambda: count.exists() and count.read_text().strip() not in ("", "1"), 60,
+               "the job never counted")
+    subprocess.run(["runuser", "-u", SUBMITTER, "--", "condor_suspend", str(cluster)],
+                   check=True, capture_output=True)
+    unit = job_units().split()[0]
+    # (the schedd's JobStatus says 7 only a minute or more later: the starter's freeze is what
+    # counts, and the broker mirrors it onto the unit within 1 s)
+    wait_until(lambda: subprocess.run(["systemctl", "show", "-P", "FreezerState", unit],
+                                      capture_output=True, text=True).stdout.strip()
+               == "frozen", 30, "the job's unit was never frozen")
+    held_at = count.read_text()
+    time.sleep(2)
+    assert count.read_text() == held_at, "the job ran on while suspended"
+    assert held_at.strip() != "80"
+    subprocess.run(["runuser", "-u", SUBMITTER, "--", "condor_continue", str(cluster)],
+                   check=True, capture_output=True)
+    ad = finished(cluster)
+    assert ad["ExitCode"] == 0 and count.read_text().strip() == "80", ad
