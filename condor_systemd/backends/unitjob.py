@@ -301,14 +301,15 @@ class SystemdJob:
                     os.close(fd)
         return killed
 
-    def freeze(self, on: bool) -> None:
+    def freeze(self, on: bool, why: str = "") -> None:
         """Suspend or resume every process of the job (its caller was suspended or resumed):
         FreezeUnit/ThawUnit where systemd can (cgroup v2), else SIGSTOP/SIGCONT to all."""
         method = "FreezeUnit" if on else "ThawUnit"
         self.frozen = on
         try:
             self.manager(method, "s", (self.unit,))
-            self.log.info(f"the caller was {'suspended' if on else 'resumed'}: {method}")
+            why = why or f"the caller was {'suspended' if on else 'resumed'}"
+            self.log.info(f"{why}: {method}")
         except CondorSystemdError as exc:
             self.log.info(f"{method} failed ({exc}); sending SIG{'STOP' if on else 'CONT'}")
             self.kill_unit(signal.SIGSTOP if on else signal.SIGCONT)
@@ -320,7 +321,7 @@ class SystemdJob:
         starts the ExecStopPost holder in the unit's cgroup, and a process started in a frozen
         cgroup freezes before it execs; systemd 257 waits for that exec, and PID 1 hangs."""
         if self.frozen:
-            self.freeze(False)
+            self.freeze(False, "thawed, to be killed")
 
     def kill_unit(self, signum: int, who: str = "all") -> None:
         if not self.created:
