@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     probe = verbs.add_parser("probe", help="say which backend run would use here, and why")
     probe.add_argument("--backend", choices=BACKENDS, default="auto")
+    probe.add_argument("--classad", action="store_true",
+                       help="for HTCondor's STARTD_CRON: can the broker take jobs now?")
     broker = verbs.add_parser("broker", help="the root service that runs every user's jobs")
     broker.add_argument("--socket", metavar="PATH",
                         help="listen here when not socket-activated (default "
@@ -232,13 +234,20 @@ def _probe(choice: str) -> int:
     return 0
 
 
+def _probe_for_startd() -> int:
+    from . import readiness
+
+    sys.stdout.write(readiness.classad(readiness.broker_problem()))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     environ = dict(os.environ)
     log = Log()
     try:
         args = build_parser().parse_args(argv)
         if args.verb == "probe":
-            return _probe(args.backend)
+            return _probe_for_startd() if args.classad else _probe(args.backend)
         if args.verb == "broker":
             from .broker import main as broker_main
 

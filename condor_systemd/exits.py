@@ -33,12 +33,25 @@ def stdio_fds() -> tuple[int, int, int]:
 def tell_htcondor(environ: dict[str, str], message: str) -> None:
     """A launch failure: HTCondor requeues the job when this file exists after the wrapper."""
     path = environ.get(WRAPPER_ERROR_FILE)
-    if path:
-        try:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(f"condor-systemd: {message}\n")
-        except OSError:
-            pass
+    if not path:
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"condor-systemd: {message}\n")
+            os.fchmod(f.fileno(), 0o644)
+        _let_the_starter_see(os.path.dirname(path))
+    except OSError:
+        pass
+
+
+def _let_the_starter_see(directory: str) -> None:
+    """The starter looks for the error file as the condor user, through the job's scratch
+    directory: the job owner's, mode 0700. Unseen, the job "completes" with exit code 125
+    instead of going back to idle. Search permission only (no listing) on a sandbox whose job
+    never ran and which HTCondor removes right after."""
+    st = os.stat(directory)
+    if st.st_uid == os.geteuid():
+        os.chmod(directory, (st.st_mode & 0o7777) | 0o011)
 
 
 def write_file_atomically(path: str, text: str) -> str | None:

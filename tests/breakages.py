@@ -171,6 +171,17 @@ BREAKAGES = (
              "                other.close()  #", "                continue  #",
              (RST + "test_a_caller_that_dies_while_no_broker_runs_has_its_job_killed_by_the_"
                     "next",)),
+    Breakage("the wrapper error file hidden from HTCondor's starter", "condor_systemd/exits.py",
+             "        _let_the_starter_see(os.path.dirname(path))\n", "",
+             ("tests/unit/test_cli.py::test_the_error_file_is_visible_through_a_private_scratch_"
+              "directory",)),
+    Breakage("the startd probe says ready when the broker is down",
+             "condor_systemd/readiness.py",
+             '            return f"the broker at {path} does not answer: '
+             '{text or type(exc).__name__}"',
+             "            return None",
+             (BRK + "test_a_node_whose_broker_is_down_says_so_and_its_jobs_are_not_run_"
+                    "without_it",)),
     Breakage("forwarded signals not delivered", RUNNER,
              "                        job.send_signal(signum)\n",
              "                        pass\n",

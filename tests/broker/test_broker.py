@@ -302,3 +302,29 @@ def test_a_frozen_job_is_thawed_before_it_is_killed(jobs, facts):
     finally:
         jobs.inside("sh", "-c", f"echo 0 > {freeze}")
     proc.wait(timeout=30)
+
+
+def test_a_node_whose_broker_is_down_says_so_and_its_jobs_are_not_run_without_it(jobs):
+    """HTCondor's startd runs `probe --classad` (STARTD_CRON) and matches jobs only while it
+    says ready; a job asked for while the broker is down is a launch failure (125, the error
+    file: HTCondor requeues it), never a run under the psutil fallback."""
+    probe = [*harness.client_command(), "probe", "--classad"]
+    error_file = jobs.work / "wrapper-error"
+    assert jobs.inside(*probe).stdout.splitlines() == [
+        "CondorSystemdReady = true", 'CondorSystemdReason = "the broker answers"', "-"]
+    jobs.inside("systemctl", "stop", "condor-systemd.socket", "condor-systemd.service")
+    try:
+        down = jobs.inside(*probe).stdout.splitlines()
+        assert down[0] == "CondorSystemdReady = false", down
+        assert down[1].startswith(f'CondorSystemdReason = "no broker socket at {SOCKET}') or \
+            down[1].startswith(f'CondorSystemdReason = "the broker at {SOCKET} does not answer')
+        wrapper = subprocess.run(jobs.command(
+            ["env", f"_CONDOR_WRAPPER_ERROR_FILE={error_file}", *harness.client_command(), "run",
+             "--backend", "systemd", "--", "sh", "-c", "echo ran"], str(jobs.work)),
+            cwd=jobs.work, capture_output=True, text=True)
+        assert wrapper.returncode == 125 and wrapper.stdout == "", wrapper
+        assert error_file.read_text() == wrapper.stderr
+    finally:
+        jobs.inside("systemctl", "start", "condor-systemd.socket")
+    assert jobs.inside(*probe).stdout.splitlines()[0] == "CondorSystemdReady = true"
+    assert jobs.run("--backend", "systemd", "--", "sh", "-c", "echo ran").stdout == "ran\n"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import site
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,29 @@ from tests.harness import broker
 from tests.harness.system import RunningSystemd
 
 ROOT = broker.ROOT
-WRAPPER = "/usr/libexec/condor-systemd/condor-systemd-wrapper"
+LIBEXEC = "/usr/libexec/condor-systemd"
+SNIPPET = "/etc/condor/config.d/50-condor-systemd.conf"
+TEST_CONFIG = "/etc/condor/config.d/90-csd-tests.conf"  # after the snippet: it wins
+PROBE_EVERY = "STARTD_CRON_CONDORSYSTEMD_PERIOD = 2s\n"  # the snippet says 60 s
+
+
+def configure(extra: str = "") -> None:
+    """The tests' own settings over README's snippet (kept verbatim), then condor_reconfig."""
+    Path(TEST_CONFIG).write_text(PROBE_EVERY + extra)
+    subprocess.run(["condor_reconfig"], check=True, capture_output=True)
+
+
+def node_ready(ready: bool, timeout: float = 60) -> None:
+    """Wait until the collector's machine ad says the node can (or cannot) run jobs."""
+    want = "true" if ready else "false"
+    deadline = time.monotonic() + timeout
+    while True:
+        said = subprocess.run(["condor_status", "-af", "CondorSystemdReady",
+                               "CondorSystemdReason"], capture_output=True, text=True).stdout
+        if said.split()[:1] == [want]:
+            return
+        assert time.monotonic() < deadline, f"the node never said ready={want}: {said!r}"
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")
@@ -30,11 +53,13 @@ def pool():
     # finds the package in the broker harness's world-readable copy. (Issue 11: the .deb.)
     fallback = Path(site.getsitepackages()[0]) / "condor-systemd-pkg.pth"
     fallback.write_text(f"{broker.PKG}\n")
-    subprocess.run(["install", "-D", "-m", "755", str(ROOT / "packaging/htcondor" /
-                    "condor-systemd-wrapper"), WRAPPER], check=True)
+    for script in ("condor-systemd-wrapper", "condor-systemd-probe"):
+        subprocess.run(["install", "-D", "-m", "755", str(ROOT / "packaging/htcondor" / script),
+                        f"{LIBEXEC}/{script}"], check=True)
     subprocess.run(["install", "-m", "644", str(ROOT / "packaging/htcondor" /
-                    "50-condor-systemd.conf"), "/etc/condor/config.d/"], check=True)
-    subprocess.run(["condor_reconfig"], check=True, capture_output=True)
+                    "50-condor-systemd.conf"), SNIPPET], check=True)
+    configure()
+    node_ready(True)
     yield systemd
     fallback.unlink()
     broker.uninstall(systemd)

@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.htcondor import conftest
+
 SUBMITTER = "alice"
 
 
@@ -140,3 +142,49 @@ def test_condor_suspend_holds_the_job_and_condor_continue_resumes_it(pool, tmp_p
                    check=True, capture_output=True)
     ad = finished(cluster)
     assert ad["ExitCode"] == 0 and count.read_text().strip() == "80", ad
+
+
+def test_a_node_whose_broker_is_down_requeues_its_job_and_steps_aside_until_it_is_back(
+        pool, tmp_path):
+    """The job goes back to idle with the wrapper's reason (it is never run without its unit);
+    the startd's probe takes the node out of matching, so the job does not bounce on it; once
+    the broker is back the node takes the job again and it completes."""
+    work = Path("/home") / SUBMITTER / f"csd-{tmp_path.name}"
+    # the probe's first verdict (ready) stands for an hour: the job is matched to the node
+    conftest.configure("STARTD_CRON_CONDORSYSTEMD_PERIOD = 3600\n")
+    subprocess.run(["systemctl", "stop", "condor-systemd.socket", "condor-systemd.service"],
+                   check=True)
+    try:
+        cluster = submit(work, "executable = /bin/sh\narguments = \"-c 'echo ran; exit 5'\"\n"
+                               "output = out\nerror = err\nlog = log\n"
+                               "should_transfer_files = NO")
+        log = work / "log"
+        wait_until(lambda: log.exists() and "condor-systemd:" in log.read_text(), 120,
+                   "the wrapper's reason never reached the job's log")
+        status = queue_ad(cluster)
+        assert status["JobStatus"] in (1, 2), status  # idle again (or already re-matched)
+        assert status["VacateReason"].endswith(
+            "The job wrapper failed to execute the job: condor-systemd: the broker at "
+            "/run/condor-systemd/io.condorsystemd.Job cannot be reached: Connection refused"), \
+            status
+        assert not (work / "out").exists() or "ran" not in (work / "out").read_text()
+        conftest.configure()  # the probe every 2 s: it finds the broker down
+        conftest.node_ready(False)
+        time.sleep(3)  # a match made before the node stepped aside
+        starts = queue_ad(cluster)["NumShadowStarts"]
+        time.sleep(10)
+        status = queue_ad(cluster)
+        assert status["JobStatus"] == 1 and status["NumShadowStarts"] == starts, status
+    finally:
+        subprocess.run(["systemctl", "start", "condor-systemd.socket"], check=True)
+        conftest.configure()
+    conftest.node_ready(True)
+    ad = finished(cluster)
+    assert ad["ExitCode"] == 5 and (work / "out").read_text() == "ran\n", ad
+
+
+def queue_ad(cluster: int) -> dict:
+    out = subprocess.run(["condor_q", "-allusers", "-json", str(cluster)], capture_output=True,
+                         text=True).stdout.strip()
+    assert out, f"job {cluster} left the queue"
+    return json.loads(out)[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,18 @@ def test_command_not_found(tmp_path):
     line = _one_line_error(proc, 127)
     assert line == "condor-systemd: no-such-command-xyz: command not found"
     assert error_file.read_text() == "condor-systemd: no-such-command-xyz: command not found\n"
+
+
+def test_the_error_file_is_visible_through_a_private_scratch_directory(tmp_path):
+    """HTCondor's starter checks for the file as the condor user: a 0700 scratch directory
+    (the job owner's, as the starter makes it) hid it, and the job completed with 125."""
+    scratch = tmp_path / "dir_1234"
+    scratch.mkdir(mode=0o700)
+    proc = cli("run", "--", "no-such-command-xyz", _CONDOR_WRAPPER_ERROR_FILE=str(
+        scratch / ".job_wrapper_failure"))
+    _one_line_error(proc, 127)
+    assert stat.S_IMODE(scratch.stat().st_mode) == 0o711
+    assert stat.S_IMODE((scratch / ".job_wrapper_failure").stat().st_mode) == 0o644
 
 
 def test_command_not_found_without_error_file():
