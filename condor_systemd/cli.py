@@ -128,6 +128,7 @@ class Caller(NamedTuple):
     job_id: str | None
     slot: str | None
     pid: int
+    htcondor: dict | None = None  # jobad.facts_from_env: the slot's size, the job's ids
 
 
 def caller_here(command: list[str], environ: dict[str, str]) -> Caller:
@@ -137,7 +138,7 @@ def caller_here(command: list[str], environ: dict[str, str]) -> Caller:
         raise LaunchError("the current working directory no longer exists") from None
     job_env = {k: v for k, v in environ.items() if k != WRAPPER_ERROR_FILE}
     return Caller(cwd, resolve_command(command[0], job_env, cwd), jobad.job_id_from_env(environ),
-                  jobad.slot_from_env(environ), os.getpid())
+                  jobad.slot_from_env(environ), os.getpid(), jobad.facts_from_env(environ))
 
 
 def job_command(args: argparse.Namespace) -> list[str]:
@@ -188,6 +189,24 @@ def spec_from_args(args: argparse.Namespace, environ: dict[str, str],
                    slice=args.slice, user=args.uid, group=args.gid,
                    stop_timeout=args.stop_timeout, sample_interval=args.sample_interval,
                    properties=tuple(extra))
+
+
+def _as_htcondor_would(spec: JobSpec, args: argparse.Namespace,
+                       environ: dict[str, str]) -> JobSpec:
+    """A unit leaves HTCondor's cgroup: it gets the slot's limits (htcondor.py). A job the
+    fallback runs stays in that cgroup, under HTCondor's own limits: nothing to add."""
+    facts = jobad.facts_from_env(environ)
+    if facts is None:
+        return spec
+    from . import htcondor
+    from .broker.policy import Policy
+
+    try:
+        mapping = Policy.load().htcondor
+    except ValueError as exc:
+        raise LaunchError(f"the site policy: {exc}") from None
+    return htcondor.apply(spec, htcondor.Facts.from_parameters(facts), mapping,
+                          named=args.name is not None)
 
 
 def _limit_value(name: str, text: str) -> object:
@@ -254,9 +273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return broker_main(args.socket, args.policy)
         log = Log(log_file=args.log_file)
         spec = spec_from_args(args, environ)
-        from .runner import run
+        from .runner import run, select_backend
 
-        usage = run(spec, stdio=stdio_fds(), backend=args.backend, log=log)
+        backend = select_backend(args.backend)
+        if backend.name == "systemd":
+            spec = _as_htcondor_would(spec, args, environ)
+        usage = run(spec, stdio=stdio_fds(), backend=backend, log=log)
     except CondorSystemdError as exc:
         message = str(exc)
         print(f"condor-systemd: {message}", file=sys.stderr)

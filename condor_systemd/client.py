@@ -251,6 +251,7 @@ def _environment(environ: dict[str, str]) -> list[str]:
 def _job_ids(environ: dict[str, str]) -> dict:
     """The job id and slot from HTCondor's ads, read as the caller (the broker reads no
     files on anybody's behalf)."""
-    from .jobad import job_id_from_env, slot_from_env
+    from .jobad import facts_from_env, job_id_from_env, slot_from_env
 
-    return {"job_id": job_id_from_env(environ), "slot": slot_from_env(environ)}
+    return {"job_id": job_id_from_env(environ), "slot": slot_from_env(environ),
+            "htcondor": facts_from_env(environ)}

@@ -48,3 +48,36 @@ def slot_from_env(environ: Mapping[str, str]) -> str | None:
         return slot
     path = environ.get("_CONDOR_MACHINE_AD")
     return read_ad(path).get("name") if path else None
+
+
+# What the slot and the job are, for the unit HTCondor itself would give the job (htcondor.py):
+# (ad, attribute) -> key of the Run call's "htcondor" parameter; integers are below their bound.
+_FACTS = (("job", "clusterid", "cluster"), ("job", "procid", "proc"),
+          ("job", "globaljobid", "global_job_id"), ("job", "owner", "owner"),
+          ("machine", "cpus", "cpus"), ("machine", "memory", "memory_mb"))
+INTEGER_BOUNDS = {"cluster": 2**31, "proc": 2**31, "cpus": 2**16, "memory_mb": 2**50}
+MAX_TEXT = 255
+
+
+def facts_from_env(environ: Mapping[str, str]) -> dict | None:
+    """The slot's size and the job's identity from the ads, as plain JSON values; None when
+    not under HTCondor. A value that is missing or not a plain literal of its kind is left
+    out (the documented default applies), never an error: the job still runs."""
+    paths = {"job": environ.get("_CONDOR_JOB_AD"), "machine": environ.get("_CONDOR_MACHINE_AD")}
+    if not any(paths.values()):
+        return None
+    ads = {kind: read_ad(path) if path else {} for kind, path in paths.items()}
+    facts: dict = {}
+    for kind, attribute, key in _FACTS:
+        text = ads[kind].get(attribute)
+        if text is None:
+            continue
+        if key in INTEGER_BOUNDS:
+            if text.isdigit() and len(text) <= 20 and int(text) < INTEGER_BOUNDS[key]:
+                facts[key] = int(text)
+        elif text and len(text) <= MAX_TEXT and text.isprintable():
+            facts[key] = text
+    slot = slot_from_env(environ)
+    if slot and len(slot) <= MAX_TEXT and slot.isprintable():
+        facts["slot"] = slot
+    return facts

@@ -13,7 +13,7 @@ import select
 import signal
 import time
 
-from .backends import STOPPING
+from .backends import STOPPING, Backend
 from .backends import select as select_backend
 from .log import Log
 from .spec import JobSpec
@@ -53,11 +53,12 @@ def _ignore(signum: int, frame: object) -> None:
     """The wakeup fd carries the signal; the handler itself has nothing to do."""
 
 
-def run(spec: JobSpec, stdio: tuple[int, int, int] = (0, 1, 2), backend: str = "auto",
-        log: Log | None = None) -> Usage:
-    """Run spec to completion; raises a condor_systemd.errors exception if it cannot start."""
+def run(spec: JobSpec, stdio: tuple[int, int, int] = (0, 1, 2),
+        backend: str | Backend = "auto", log: Log | None = None) -> Usage:
+    """Run spec to completion; raises a condor_systemd.errors exception if it cannot start.
+    backend: a name for select(), or one it returned."""
     log = log or Log()
-    chosen = select_backend(backend)
+    chosen = select_backend(backend) if isinstance(backend, str) else backend
     with _SignalInbox() as inbox:
         job = chosen.start(spec, stdio, log)
         try:

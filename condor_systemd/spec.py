@@ -279,6 +279,11 @@ class _JobSpecFields(NamedTuple):
     properties: tuple[tuple[str, str], ...] = ()
     # What the job inherits from the wrapper; None: this process's, read at launch.
     inherit: Inheritance | None = None
+    # Under HTCondor (htcondor.py): the job's ClusterId.ProcId and owner, for the
+    # description, and FIELD=value pairs for every journal line the job logs (LogExtraFields=).
+    htcondor_job: str | None = None
+    owner: str | None = None
+    log_fields: tuple[str, ...] = ()
 
 
 
@@ -307,8 +312,9 @@ class JobSpec(_JobSpecFields):
 
     @property
     def description(self) -> str:
-        where = f" on {self.slot}" if self.slot else ""
+        where = (f" of {self.owner}" if self.owner else "") + \
+            (f" on {self.slot}" if self.slot else "")
         command = " ".join(self.argv)
         if len(command) > 120:
             command = command[:117] + "..."
-        return f"HTCondor job {self.job_id}{where}: {command}"
+        return f"HTCondor job {self.htcondor_job or self.job_id}{where}: {command}"

@@ -112,6 +112,9 @@ class SystemdJob:
             props.append(enc(name, value))
         for name, text in spec.properties:
             props.append(properties.encode_text(name, text))
+        if spec.log_fields:
+            # journal fields are bytes to systemd: "aay", one FIELD=value each
+            props.append(enc("LogExtraFields", [f.encode() for f in spec.log_fields]))
         return props
 
     def filter_properties(self, props: list) -> list:

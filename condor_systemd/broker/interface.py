@@ -30,6 +30,18 @@ interface {NAME}
 # A notice about the job, for the caller's log file and terminal.
 type Notice (priority: int, message: string)
 
+# What the caller's HTCondor ads say: the job's ids and owner, the slot's
+# name and size (its Cpus, its Memory in MB). Any of it may be missing.
+type HTCondor (
+  cluster: ?int,
+  proc: ?int,
+  global_job_id: ?string,
+  owner: ?string,
+  slot: ?string,
+  cpus: ?int,
+  memory_mb: ?int
+)
+
 # A running job, as List shows it.
 type JobInfo (unit: string, job_id: string, uid: int, pid: int, state: string)
 
@@ -53,7 +65,10 @@ method Run(
   stderr: int,
   # ClusterId.ProcId and the slot from the caller's HTCondor ads
   job_id: ?string,
-  slot: ?string
+  slot: ?string,
+  # the unit HTCondor would give the job: its slot's limits, its ids in the
+  # journal (the broker's [htcondor] policy; options given win)
+  htcondor: ?HTCondor
 ) -> (
   unit: ?string,
   usage_file: ?string,

@@ -25,6 +25,7 @@ import os
 from typing import Any
 
 from ..errors import UsageError
+from ..htcondor import Mapping
 from ..spec import Inheritance, JobSpec, Limits, format_cpu_list, parse_percent, parse_size
 from .peer import Caps
 
@@ -44,6 +45,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "properties": {
         "allow": [],                 # more -p properties non-root callers may set
+    },
+    "htcondor": {  # the unit of a job under HTCondor, from its slot (htcondor.py)
+        "memory_limit": "hard",      # the slot's Memory as MemoryMax; "soft": MemoryHigh; "none"
+        "allow_swap": False,         # false: MemorySwapMax=0, as DISABLE_SWAP_FOR_JOB
+        "cpu_quota": False,          # true: also CPUQuota = the slot's Cpus x 100 %
     },
 }
 # -p properties a non-root caller may set: limits (capped like the options), accounting, and
@@ -75,6 +81,7 @@ class Policy:
         self.tasks_max = int(limits["tasks_max"]) or None
         self.cap_by_caller_cgroup = bool(limits["cap_by_caller_cgroup"])
         self.allowed = ALLOWED | frozenset(settings["properties"]["allow"])
+        self.htcondor = Mapping.from_settings(settings["htcondor"])
 
     @classmethod
     def load(cls, path: str = POLICY_FILE) -> Policy:

@@ -44,6 +44,11 @@ def prepare(parameters: dict, fds: list[int], caller: peer.Peer, policy: Policy,
                                          for name in ("stdin", "stdout", "stderr")))
     job_id = interface.string(parameters, "job_id", optional=True)
     slot = interface.string(parameters, "slot", optional=True)
+    facts = parameters.get("htcondor")
+    if facts is not None:
+        from ..htcondor import Facts
+
+        facts = Facts.from_parameters(facts)  # UsageError names the key
     if not command:
         raise interface.Invalid("command")
     if not (executable or "").startswith("/") or not (cwd or "").startswith("/"):
@@ -59,6 +64,10 @@ def prepare(parameters: dict, fds: list[int], caller: peer.Peer, policy: Policy,
         raise UsageError("--backend psutil runs without the broker")
     spec = spec_from_args(args, environ, Caller(cwd, executable, job_id, slot,  # type: ignore[arg-type]
                                                 caller.pid))
+    if facts is not None:
+        from ..htcondor import apply
+
+        spec = apply(spec, facts, policy.htcondor, named=args.name is not None)
     inherit = Inheritance.of_process(caller.pid)
     caps = peer.cgroup_caps(caller.pid, layout)
     if not caller.alive():

@@ -126,6 +126,7 @@ def spec_from_state(data: dict[str, Any]) -> JobSpec:
         limits["allowed_cpus"] = tuple(limits["allowed_cpus"])
     fields["argv"] = tuple(fields.get("argv", ()))
     fields["properties"] = tuple(tuple(p) for p in fields.get("properties", ()))
+    fields["log_fields"] = tuple(fields.get("log_fields", ()))
     fields["environment"], fields["inherit"] = {}, None
     return JobSpec(limits=Limits(**limits), sandbox=Sandbox(**fields.pop("sandbox", {})),
                    **fields)

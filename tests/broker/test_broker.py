@@ -328,3 +328,64 @@ def test_a_node_whose_broker_is_down_says_so_and_its_jobs_are_not_run_without_it
         jobs.inside("systemctl", "start", "condor-systemd.socket")
     assert jobs.inside(*probe).stdout.splitlines()[0] == "CondorSystemdReady = true"
     assert jobs.run("--backend", "systemd", "--", "sh", "-c", "echo ran").stdout == "ran\n"
+
+
+def test_under_htcondor_the_unit_gets_the_slots_limits_and_the_jobs_ids(jobs, facts):
+    """The caller's ads (a 3-CPU, 300 MB slot; job 12.3 of alice): with no options the unit
+    gets what HTCondor gives a slot's cgroup, read back from the kernel's cgroup files, a name
+    unique on the node, and the job's ids on every journal line it logs."""
+    (jobs.work / "job.ad").write_text('ClusterId = 12\nProcId = 3\nOwner = "alice"\n'
+                                      'GlobalJobId = "ap#12.3#1796065539"\n')
+    (jobs.work / "machine.ad").write_text('Name = "slot1_1@node"\nCpus = 3\nMemory = 300\n')
+    env = dict(os.environ, _CONDOR_JOB_AD=str(jobs.work / "job.ad"), _CONDOR_SLOT="slot1_1",
+               _CONDOR_MACHINE_AD=str(jobs.work / "machine.ad"))
+    ready = jobs.work / "ready"
+    # (systemd-cat runs the logger: journald reads the sender's unit from /proc when the
+    # stream connects, and a sender already gone by then gets no unit and no fields)
+    script = (f"touch {ready}; exec systemd-cat -t csd-ads sh -c "
+              "'echo csd-ads-line; exec sleep 4263'")
+    proc = jobs.start("--", "sh", "-c", script, env=env)
+    unit = "condor-job-u65534-12.3-slot1_1.service"
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert time.monotonic() < deadline, proc.stderr
+        time.sleep(0.05)
+
+    def show(name: str) -> str:
+        return jobs.inside("systemctl", "show", "-P", name, unit).stdout.strip()
+
+    def kernel(controller: str, name: str) -> str:
+        root = "/sys/fs/cgroup" if facts.unified else f"/sys/fs/cgroup/{controller}"
+        return jobs.inside("cat", f"{root}/condor.slice/{unit}/{name}").stdout.strip()
+
+    assert show("Description") == \
+        f"HTCondor job 12.3 of alice on slot1_1: {f'sh -c {script}'[:117]}..."
+    assert show("LogExtraFields").split() == [
+        "CONDOR_CLUSTER_ID=12", "CONDOR_PROC_ID=3", "CONDOR_GLOBAL_JOB_ID=ap#12.3#1796065539",
+        "CONDOR_OWNER=alice", "CONDOR_SLOT=slot1_1"]
+    if facts.unified:
+        assert kernel("memory", "memory.max") == str(300 << 20)
+        assert kernel("memory", "memory.swap.max") == "0"
+        assert kernel("cpu", "cpu.weight") == "300"
+    else:  # the host's v1: cpu is mounted apart from cpuacct, where systemd cannot use it
+        assert kernel("memory", "memory.limit_in_bytes") == str(300 << 20)
+        assert show("CPUWeight") == "300"
+    deadline = time.monotonic() + 10
+    while "csd-ads-line" not in jobs.inside("journalctl", "--no-pager", "-o", "cat",
+                                            "CONDOR_GLOBAL_JOB_ID=ap#12.3#1796065539",
+                                            "CONDOR_SLOT=slot1_1").stdout:
+        assert time.monotonic() < deadline, "the job's journal line lacks its HTCondor ids"
+        time.sleep(0.2)
+    os.kill(jobs.wrapper_pid(proc), signal.SIGTERM)
+    assert proc.wait(timeout=30) == -signal.SIGTERM
+
+
+def test_under_htcondor_explicit_options_win_within_the_callers_cgroup(jobs):
+    (jobs.work / "machine.ad").write_text("Cpus = 1\nMemory = 300\n")
+    env = dict(os.environ, _CONDOR_MACHINE_AD=str(jobs.work / "machine.ad"))
+    usage = jobs.work / "usage.json"
+    proc = jobs.run("--memory", "200M", "--swap", "10M", "-p", "CPUWeight=50", "--usage-file",
+                    str(usage), "--", "true", env=env)
+    assert proc.returncode == 0, proc.stderr
+    limits = json.loads(usage.read_text())["limits"]
+    assert limits["memory_max"] == 200 << 20 and limits["swap_max"] == 10 << 20, limits

@@ -26,6 +26,18 @@ def test_auto_takes_the_fallback_here_and_says_why(jobs):
     assert probe.stdout.splitlines() == ["backend: psutil", f"reason: {usage['backend_reason']}"]
 
 
+def test_a_job_the_fallback_runs_under_htcondor_keeps_htcondors_own_limits(jobs):
+    """The job stays in the wrapper's cgroup, which HTCondor limits itself: the slot's size is
+    not added to the job (the mapping is for units, which leave that cgroup)."""
+    machine = jobs.work / ".machine.ad"
+    machine.write_text("Cpus = 1\nMemory = 128\n")
+    proc, usage = jobs.run_with_usage("--", "true", env={
+        "PATH": os.environ["PATH"], "_CONDOR_MACHINE_AD": str(machine)})
+    assert proc.returncode == 0, proc.stderr
+    assert usage["backend"] == "psutil"
+    assert "memory_max" not in usage["limits"] and "swap_max" not in usage["limits"], usage
+
+
 def test_backend_systemd_never_falls_back(jobs):
     proc = subprocess.run([CSD, "run", "--backend", "systemd", "--", "true"], cwd=jobs.work,
                           capture_output=True, text=True)

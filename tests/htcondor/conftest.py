@@ -17,6 +17,8 @@ from tests.harness.system import RunningSystemd
 
 ROOT = broker.ROOT
 LIBEXEC = "/usr/libexec/condor-systemd"
+# the seed's hard CPU cap on top of HTCondor's weight (off by default, like HTCondor)
+POLICY = "[htcondor]\ncpu_quota = true\n"
 SNIPPET = "/etc/condor/config.d/50-condor-systemd.conf"
 TEST_CONFIG = "/etc/condor/config.d/90-csd-tests.conf"  # after the snippet: it wins
 PROBE_EVERY = "STARTD_CRON_CONDORSYSTEMD_PERIOD = 2s\n"  # the snippet says 60 s
@@ -47,7 +49,7 @@ def pool():
     if shutil.which("condor_submit") is None:
         pytest.skip("needs a HTCondor pool: tests/vm/run --release trixie --htcondor")
     systemd = RunningSystemd()
-    broker.install(systemd)
+    broker.install(systemd, policy=POLICY)
     # The starter runs the wrapper with /tmp bound to the job's scratch directory
     # (MOUNT_UNDER_SCRATCH): a checkout under /tmp (CI's) is not there, so the command also
     # finds the package in the broker harness's world-readable copy. (Issue 11: the .deb.)

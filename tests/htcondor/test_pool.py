@@ -188,3 +188,38 @@ def queue_ad(cluster: int) -> dict:
                          text=True).stdout.strip()
     assert out, f"job {cluster} left the queue"
     return json.loads(out)[0]
+
+
+BURN = """\
+import os, time
+started = time.monotonic()
+for _ in range(2):
+    if os.fork() == 0:
+        while time.monotonic() - started < 4: pass
+        os._exit(0)
+for _ in range(2): os.wait()
+t = os.times()
+print((t.children_user + t.children_system) / (time.monotonic() - started))
+"""
+
+
+def test_the_unit_gets_the_slots_memory_swap_and_cpu_as_htcondor_gives_its_cgroup(pool, tmp_path):
+    """request_memory = 128, request_cpus = 1 on the 2-CPU guest: the job's own cgroup files
+    say memory.max = the slot's 128 MB, no swap, cpu.weight 100; with the pool's cap policy
+    two busy processes get at most 1.1 CPU-seconds per second between them (their own
+    times())."""
+    work = Path("/home") / SUBMITTER / f"csd-{tmp_path.name}"
+    work.mkdir(parents=True)
+    (work / "burn.py").write_text(BURN)
+    script = ("d=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); cat $d/memory.max "
+              "$d/memory.swap.max $d/cpu.weight; echo $d; exec python3 burn.py")
+    cluster = submit(work, f"executable = /bin/sh\narguments = \"-c '{script}'\"\n"
+                           "request_memory = 128\nrequest_cpus = 1\n"
+                           "output = out\nerror = err\nlog = log\nshould_transfer_files = NO")
+    ad = finished(cluster)
+    assert ad["ExitCode"] == 0, ((work / "err").read_text(), ad)
+    memory_max, swap_max, weight, cgroup, rate = (work / "out").read_text().split()
+    assert cgroup.startswith("/sys/fs/cgroup/condor.slice/condor-job-u") and \
+        cgroup.endswith(f"-{cluster}.0-slot1_1.service"), cgroup
+    assert (memory_max, swap_max, weight) == (str(128 << 20), "0", "100")
+    assert 0.3 <= float(rate) <= 1.1, rate

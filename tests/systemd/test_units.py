@@ -22,18 +22,23 @@ def test_unit_already_running_is_refused_and_left_alone(jobs):
 
 
 
-def test_job_id_comes_from_the_job_ad(jobs):
-    ad = jobs.work / ".job.ad"
+def test_the_unit_is_named_and_sized_from_the_htcondor_ads(jobs):
+    """Job 4711.3 of alice in slot1_2 (2 CPUs, 200 MB): the in-process path gives the unit what
+    the broker gives it (htcondor.py), and a name unique on the node."""
+    ad, machine = jobs.work / ".job.ad", jobs.work / ".machine.ad"
     ad.write_text('ClusterId = 4711\nProcId = 3\nOwner = "alice"\n')
+    machine.write_text("Cpus = 2\nMemory = 200\n")
     proc = jobs.start("--", "sleep", "30", env={"PATH": "/usr/bin:/bin", "_CONDOR_JOB_AD": str(ad),
+                                                "_CONDOR_MACHINE_AD": str(machine),
                                                 "_CONDOR_SLOT": "slot1_2"})
-    jobs.wait_active("condor-job-4711.3.service")
-    desc = jobs.inside("systemctl", "show", "-P", "Description", "condor-job-4711.3.service")
-    assert desc.stdout.strip() == "HTCondor job 4711.3 on slot1_2: sleep 30"
+    unit = "condor-job-4711.3-slot1_2.service"
+    jobs.wait_active(unit)
+    show = jobs.inside("systemctl", "show", "-p", "Description,MemoryMax,CPUWeight", unit)
+    assert sorted(show.stdout.splitlines()) == [
+        "CPUWeight=200", "Description=HTCondor job 4711.3 of alice on slot1_2: sleep 30",
+        f"MemoryMax={200 << 20}"]
     os.kill(jobs.wrapper_pid(proc), signal.SIGTERM)
     assert proc.wait(timeout=30) == -signal.SIGTERM
-
-
 
 
 def test_non_root_caller_is_refused_clearly(jobs):

@@ -134,6 +134,7 @@ def test_parse_assignment_accepts_zero_rlimit():
 #   PIDs                     au       dbus-scope.c enters 'a' "u"
 #   PrivatePIDs              s        dbus-execute.c reads "s" ("yes"/"no"; systemd 257)
 #   MemoryZSwapMax           t        dbus-cgroup.c SD_BUS_PROPERTY("MemoryZSwapMax", "t") (253)
+#   LogExtraFields           aay      dbus-execute.c enters 'a' "ay" (a byte array per field)
 # The -p name differs from the D-Bus name where systemd's does: CPUQuota= is sent as
 # CPUQuotaPerSecUSec, RuntimeMaxSec= as RuntimeMaxUSec, TimeoutStopSec= as TimeoutStopUSec.
 DOCUMENTED = {
@@ -181,6 +182,7 @@ DOCUMENTED = {
     "ExecStart": ("ExecStart", "a(sasb)"),
     "WorkingDirectory": ("WorkingDirectory", "s"),
     "Environment": ("Environment", "as"),
+    "LogExtraFields": ("LogExtraFields", "aay"),
     "StandardInputFileDescriptor": ("StandardInputFileDescriptor", "h"),
     "StandardOutputFileDescriptor": ("StandardOutputFileDescriptor", "h"),
     "StandardErrorFileDescriptor": ("StandardErrorFileDescriptor", "h"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from tests.vm import harness
@@ -91,3 +93,38 @@ def test_guest_kernel_arguments(tmp_path):
     assert "cgroup_no_v1=all" in append and append.endswith(" quiet")
     assert f"file={tmp_path / 'image.raw'},format=raw,if=virtio,snapshot=on" in argv
     assert "readonly=on" in argv[-1] and "-nic" in argv
+
+
+class _Booting(harness.Run):
+    """A Run whose boots fail as scripted (no qemu): the retry decision alone."""
+
+    def __init__(self, accel: str, failures: list[str]) -> None:
+        self.accel, self.failures, self.boots = accel, failures, 0
+        self.qemu = subprocess.Popen(["true"])
+        self.qemu.wait()
+
+    def _boot(self) -> None:
+        self.boots += 1
+        if self.failures:
+            raise harness.HarnessError("boot, systemd boot", "qemu exited",
+                                       self.failures.pop(0))
+
+
+PANIC = "[ 6.9] Kernel panic - not syncing: Fatal exception in interrupt"
+
+
+@pytest.mark.parametrize("accel, failures, boots, raises", [
+    ("tcg", [PANIC], 2, False),                       # a crash while booting: once more
+    ("tcg", [PANIC, PANIC], 2, True),                 # twice: reported
+    ("tcg", ["VFS: Unable to mount root fs"], 1, True),  # not a crash: reported at once
+    ("kvm", [PANIC], 1, True),                        # only emulation's crashes are retried
+    ("tcg", [], 1, False),
+])
+def test_a_guest_crash_while_booting_is_booted_once_more(accel, failures, boots, raises):
+    run = _Booting(accel, failures)
+    if raises:
+        with pytest.raises(harness.HarnessError):
+            run._boot_once_more_after_a_crash()
+    else:
+        run._boot_once_more_after_a_crash()
+    assert run.boots == boots
