@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Callable, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Callable, NamedTuple, NoReturn
 
 from . import jobad
 from .errors import CondorSystemdError, LaunchError, UsageError
@@ -40,6 +40,9 @@ from .spec import (
     parse_size,
     resolve_command,
 )
+
+if TYPE_CHECKING:
+    from .usage import Usage
 
 
 class _Parser(argparse.ArgumentParser):
@@ -238,6 +241,20 @@ def _write_usage(path: str, text: str, log: Log) -> None:
         log.error(f"cannot write usage file {path}: {failed}")
 
 
+def _chirp(usage: Usage, environ: dict[str, str], log: Log) -> None:
+    """Under HTCondor, the record's figures into the job ad; a failure is only logged."""
+    from .chirp import ChirpError, config_path, publish
+    from .usage import job_attributes
+
+    path = config_path(environ)
+    if path is None:
+        return
+    try:
+        publish(path, job_attributes(usage))
+    except ChirpError as exc:
+        log.error(f"the usage did not reach the job ad: {exc}")
+
+
 def _probe(choice: str) -> int:
     """Administrators' view of the backend choice: what run would use on this host, and why."""
     from .backends import select
@@ -299,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.usage_file:
         text = usage.to_classad() if args.usage_format == "classad" else usage.to_json()
         _write_usage(args.usage_file, text, log)
+    _chirp(usage, environ, log)
     if usage.signal:
         return die_by_signal(usage.signal)
     if usage.exit_code is None:

@@ -197,6 +197,7 @@ class _Client:
             failed = write_file_atomically(path, record)
             if failed:
                 self.note(3, f"cannot write usage file {path}: {failed}")
+        self.chirp(final.get("job_attributes"))
         if final.get("signal"):
             return die_by_signal(int(final["signal"]))
         if final.get("exit_code") is None:
@@ -206,6 +207,26 @@ class _Client:
             self.note(3, message)
             return LaunchError.exit_code
         return int(final["exit_code"])
+
+
+    def chirp(self, attributes: object) -> None:
+        """Under HTCondor, the record's figures into the job ad; a failure is only logged."""
+        from .chirp import config_path
+
+        path = config_path(self.environ)
+        if path is None or not isinstance(attributes, list):
+            return
+        from .chirp import ChirpError, publish
+
+        pairs = [(str(a.get("name")), str(a.get("value"))) for a in attributes
+                 if isinstance(a, dict)]
+        try:
+            publish(path, pairs)
+        except ChirpError as exc:
+            from .log import Log
+
+            Log(log_file=self.log_file, to_tty=False).error(
+                f"the usage did not reach the job ad: {exc}")
 
 
 def _wake_only(signum: int, frame: object) -> None:

@@ -124,6 +124,39 @@ class Usage:
         return "\n".join(lines) + "\n"
 
 
+CHIRPED = ("backend", "unit", "cpu_user_seconds", "cpu_system_seconds", "wall_seconds",
+           "memory_peak_bytes", "io_read_bytes", "io_write_bytes", "tasks_peak", "oom_killed")
+
+
+def job_attributes(usage: Usage) -> list[tuple[str, str]]:
+    """The record for the HTCondor job ad (chirp.py): (ChirpCondorSystemd<Key>, ClassAd value).
+
+    Our own names: the starter overwrites RemoteUserCpu, ResidentSetSize... with its figures
+    for the slot's cgroup, which no longer holds the job. MemoryPeakMB and MemoryMaxMB are in
+    the MB that HTCondor's own memory attributes use (for the OOM hold's reason); Limits is
+    the limits applied, NotEnforced what was asked and did not hold ("" when all did)."""
+    record = usage.as_dict()
+    out = [(f"ChirpCondorSystemd{_camel(key)}", _ad(record[key])) for key in CHIRPED]
+    memory_max = usage.limits.get("memory_max")
+    out += [
+        ("ChirpCondorSystemdMemoryPeakMB", _ad(_ceil_div(usage.memory_peak_bytes, 2**20))),
+        ("ChirpCondorSystemdMemoryMaxMB",
+         _ad(memory_max // 2**20 if isinstance(memory_max, int) else None)),
+        ("ChirpCondorSystemdLimits",
+         _ad(" ".join(f"{key}={_plain(value)}" for key, value in usage.limits.items()))),
+        ("ChirpCondorSystemdNotEnforced",
+         _ad("; ".join(f"{key}: {verdict}" for key, verdict in record["enforced"].items()
+                       if verdict is not True))),
+    ]
+    return out
+
+
+def _plain(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def _camel(key: str) -> str:
     """memory_max -> MemoryMax; a property name such as PrivatePIDs stays as it is."""
     return "".join(part[:1].upper() + part[1:] for part in key.split("_"))

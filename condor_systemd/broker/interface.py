@@ -42,6 +42,9 @@ type HTCondor (
   memory_mb: ?int
 )
 
+# An attribute for the caller's HTCondor job ad: a ClassAd expression.
+type JobAttribute (name: string, value: string)
+
 # A running job, as List shows it.
 type JobInfo (unit: string, job_id: string, uid: int, pid: int, state: string)
 
@@ -76,10 +79,12 @@ method Run(
   log_file: ?string,
   notices: ?[]Notice,
   # the last reply: the job's exit code, or the signal that killed it, and
-  # its usage record in the format asked for (--usage-format)
+  # its usage record in the format asked for (--usage-format), and the
+  # record's figures as Chirp* attributes for an HTCondor job ad
   exit_code: ?int,
   signal: ?int,
-  record: ?string
+  record: ?string,
+  job_attributes: ?[]JobAttribute
 )
 
 # Forwards a signal to every process of the job this connection runs (a

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from .. import varlink
 from ..errors import CondorSystemdError, UsageError
 from ..log import Log
+from ..usage import job_attributes
 from . import interface, peer, request, restart
 
 if TYPE_CHECKING:
@@ -230,7 +231,9 @@ class Session:
         for key, why in self.capped:
             usage.capped[key] = why
         record = usage.to_classad() if self.usage_format == "classad" else usage.to_json()
-        return {"exit_code": usage.exit_code, "signal": usage.signal, "record": record}
+        attributes = [{"name": name, "value": value} for name, value in job_attributes(usage)]
+        return {"exit_code": usage.exit_code, "signal": usage.signal, "record": record,
+                "job_attributes": attributes}
 
     def hang_up(self) -> None:
         """The caller closed the connection or died: its job is over (HTCondor's hard kill)."""

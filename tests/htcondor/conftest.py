@@ -19,7 +19,8 @@ ROOT = broker.ROOT
 LIBEXEC = "/usr/libexec/condor-systemd"
 # the seed's hard CPU cap on top of HTCondor's weight (off by default, like HTCondor)
 POLICY = "[htcondor]\ncpu_quota = true\n"
-SNIPPET = "/etc/condor/config.d/50-condor-systemd.conf"
+SNIPPET = "/etc/condor/config.d/50-condor-systemd.conf"  # the execute node's
+HOLD_SNIPPET = "/etc/condor/config.d/50-condor-systemd-hold.conf"  # the access point's
 TEST_CONFIG = "/etc/condor/config.d/90-csd-tests.conf"  # after the snippet: it wins
 PROBE_EVERY = "STARTD_CRON_CONDORSYSTEMD_PERIOD = 2s\n"  # the snippet says 60 s
 
@@ -60,6 +61,8 @@ def pool():
                         f"{LIBEXEC}/{script}"], check=True)
     subprocess.run(["install", "-m", "644", str(ROOT / "packaging/htcondor" /
                     "50-condor-systemd.conf"), SNIPPET], check=True)
+    subprocess.run(["install", "-m", "644", str(ROOT / "packaging/htcondor" /
+                    "50-condor-systemd-hold.conf"), HOLD_SNIPPET], check=True)
     configure()
     node_ready(True)
     yield systemd

@@ -95,6 +95,7 @@ def test_a_job_killed_by_a_signal_is_reported_so(pool, tmp_path):
                            "output = out\nerror = err\nlog = log\nshould_transfer_files = NO")
     ad = finished(cluster)
     assert ad.get("ExitBySignal") is True and ad.get("ExitSignal") == 9, ad
+    assert ad["ChirpCondorSystemdOomKilled"] is False  # a kill that is no OOM: never held
     assert (work / "out").read_text() == "" and (work / "err").read_text() == ""
 
 
@@ -223,3 +224,67 @@ def test_the_unit_gets_the_slots_memory_swap_and_cpu_as_htcondor_gives_its_cgrou
         cgroup.endswith(f"-{cluster}.0-slot1_1.service"), cgroup
     assert (memory_max, swap_max, weight) == (str(128 << 20), "0", "100")
     assert 0.3 <= float(rate) <= 1.1, rate
+
+
+USAGE_JOB = """\
+import os, subprocess, sys, time
+# short-lived children burning 1.5 s of CPU between them; the ground truth is their own times()
+for _ in range(3):
+    subprocess.run([sys.executable, "-c",
+                    "import time\\nt = time.process_time()\\n"
+                    "while time.process_time() - t < 0.5: pass"], check=True)
+block = bytearray(96 << 20)
+for i in range(0, len(block), 4096):
+    block[i] = 1
+t = os.times()
+print(t.children_user + t.children_system, t.user + t.system)
+"""
+
+
+def test_the_jobs_usage_reaches_its_history_ad(pool, tmp_path):
+    """The starter measures the slot's cgroup, which holds only the wrapper: the job's own
+    figures arrive as ChirpCondorSystemd* attributes, against what the job measured itself
+    (its children's CPU, which a sampler would miss, and a 96 MiB block it touched)."""
+    work = Path("/home") / SUBMITTER / f"csd-{tmp_path.name}"
+    work.mkdir(parents=True)
+    (work / "usage.py").write_text(USAGE_JOB)
+    cluster = submit(work, "executable = /usr/bin/python3\narguments = usage.py\n"
+                           "request_memory = 256\n"
+                           "output = out\nerror = err\nlog = log\nshould_transfer_files = NO")
+    ad = finished(cluster)
+    assert ad["ExitCode"] == 0, ((work / "err").read_text(), ad)
+    children, own = (float(x) for x in (work / "out").read_text().split())
+    cpu = ad["ChirpCondorSystemdCpuUserSeconds"] + ad["ChirpCondorSystemdCpuSystemSeconds"]
+    assert children >= 1.5 and children + own - 0.05 <= cpu <= children + own + 0.5, (cpu, ad)
+    assert 96 << 20 <= ad["ChirpCondorSystemdMemoryPeakBytes"] <= 160 << 20, ad
+    assert ad["ChirpCondorSystemdOomKilled"] is False and ad["ChirpCondorSystemdBackend"] == \
+        "systemd" and ad["ChirpCondorSystemdUnit"].endswith(f"-{cluster}.0-slot1_1.service")
+    assert ad["ChirpCondorSystemdMemoryMaxMB"] == 256
+    assert 0 < ad["ChirpCondorSystemdWallSeconds"] <= ad["RemoteWallClockTime"] + 1, ad
+
+
+def test_a_job_over_its_memory_is_held_in_htcondors_words(pool, tmp_path):
+    """request_memory = 128 and a job touching 400 MB: the kernel kills it in its unit, and the
+    access point's policy (50-condor-systemd-hold.conf) holds it with HTCondor's own reason."""
+    work = Path("/home") / SUBMITTER / f"csd-{tmp_path.name}"
+    work.mkdir(parents=True)
+    (work / "grow.py").write_text("block = bytearray(400 << 20)\n"
+                                  "for i in range(0, len(block), 4096): block[i] = 1\n")
+    cluster = submit(work, "executable = /usr/bin/python3\narguments = grow.py\n"
+                           "request_memory = 128\n"
+                           "output = out\nerror = err\nlog = log\nshould_transfer_files = NO")
+    try:
+        deadline = time.monotonic() + 180
+        while (ad := queue_ad(cluster))["JobStatus"] != 5:
+            assert ad["JobStatus"] in (1, 2), ad
+            assert time.monotonic() < deadline, f"the job was never held: {ad}"
+            time.sleep(1)
+        peak = ad["ChirpCondorSystemdMemoryPeakMB"]
+        assert 100 <= peak <= 129, ad  # the kernel killed it at the slot's 128 MB
+        assert ad["ChirpCondorSystemdMemoryMaxMB"] == 128 and ad["ChirpCondorSystemdOomKilled"]
+        assert (ad["HoldReasonCode"], ad["HoldReasonSubCode"]) == (26, 102), ad
+        assert ad["HoldReason"] == (
+            "Job has gone over cgroup memory limit of 128 megabytes. Last measured usage: "
+            f"{peak} megabytes.  Consider resubmitting with a higher request_memory."), ad
+    finally:
+        subprocess.run(["condor_rm", str(cluster)], capture_output=True)
