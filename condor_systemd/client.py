@@ -113,14 +113,17 @@ class _Client:
             raise LaunchError("the current working directory no longer exists") from None
         job_env = {k: v for k, v in self.environ.items() if k != WRAPPER_ERROR_FILE}
         executable = resolve_command(command[0], job_env, cwd)
-        stdio = stdio_fds()
+        fds = list(stdio_fds())
         parameters = {"arguments": options, "command": command, "executable": executable,
                       "cwd": cwd, "environment": _environment(job_env),
                       "stdin": 0, "stdout": 1, "stderr": 2, **_job_ids(self.environ)}
+        for name, fd in _scratch_tmp(self.environ):
+            parameters[name] = len(fds)
+            fds.append(fd)
         sock = self.connect()
         try:
             varlink.send(sock, {"method": f"{INTERFACE}.Run", "parameters": parameters,
-                                "more": True}, stdio)
+                                "more": True}, fds)
         except OSError as exc:
             raise _Failed(f"the broker at {socket_path()} cannot be reached: "
                           f"{exc.strerror or exc}", LaunchError.exit_code) from None
@@ -267,6 +270,25 @@ def _environment(environ: dict[str, str]) -> list[str]:
             continue
         out.append(entry)
     return out
+
+
+def _scratch_tmp(environ: dict[str, str]) -> list[tuple[str, int]]:
+    """HTCondor's scratch directory's tmp and var/tmp, opened as the caller (the broker binds
+    them over the job's /tmp and /var/tmp if they are the caller's own, and looks up no path
+    itself); none unless both are there (MOUNT_UNDER_SCRATCH makes them)."""
+    scratch = environ.get("_CONDOR_SCRATCH_DIR")
+    if not scratch or not scratch.startswith("/"):
+        return []
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    opened: list[tuple[str, int]] = []
+    try:
+        for name, path in (("tmp", "tmp"), ("var_tmp", "var/tmp")):
+            opened.append((name, os.open(f"{scratch}/{path}", flags)))
+    except OSError:
+        for _name, fd in opened:
+            os.close(fd)
+        return []
+    return opened
 
 
 def _job_ids(environ: dict[str, str]) -> dict:

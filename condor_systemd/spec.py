@@ -284,6 +284,9 @@ class _JobSpecFields(NamedTuple):
     htcondor_job: str | None = None
     owner: str | None = None
     log_fields: tuple[str, ...] = ()
+    # The job's /tmp and /var/tmp: directories to bind there instead of PrivateTmp (the
+    # broker's /proc/self/fd paths of the HTCondor scratch directory's tmp and var/tmp).
+    tmp_binds: tuple[str, ...] = ()
 
 
 

@@ -179,6 +179,7 @@ TABLE: dict[str, Prop] = {
     "WorkingDirectory": Prop("WorkingDirectory", "s", None, 1, services_only=True),
     "Environment": Prop("Environment", "as", None, 1, services_only=True),
     "LogExtraFields": Prop("LogExtraFields", "aay", None, 236, services_only=True),
+    "BindPaths": Prop("BindPaths", "a(ssbt)", None, 233, services_only=True),
     "StandardInputFileDescriptor": Prop("StandardInputFileDescriptor", "h", None, 1,
                                         services_only=True),
     "StandardOutputFileDescriptor": Prop("StandardOutputFileDescriptor", "h", None, 1,

@@ -31,6 +31,7 @@ from .record import CLD_EXITED, SETUP_STATUSES
 from .unitjob import CLEANUP_TIMEOUT, SystemdJob
 
 SERVICE_IFACE = "org.freedesktop.systemd1.Service"
+TMP_DIRS = ("/tmp", "/var/tmp")
 # Variables systemd sets for each service itself. Inherited from a wrapper that runs inside
 # another unit (the HTCondor starter's), Environment= would override the job unit's own values.
 PER_UNIT_VARIABLES = frozenset((
@@ -105,6 +106,9 @@ class ServiceJob(SystemdJob):
             conflict = child.private_tmp_conflict(self.spec.cwd, self.spec.executable)
             if conflict:
                 self.enforced["private_tmp"] = Verdict(OFF, conflict)
+            elif self.spec.tmp_binds:  # HTCondor's scratch directory's tmp and var/tmp
+                props.append(enc("BindPaths", [(source, target, False, 0) for source, target
+                                               in zip(self.spec.tmp_binds, TMP_DIRS)]))
             else:
                 props.append(enc("PrivateTmp", True))
         if sandbox.private_users:

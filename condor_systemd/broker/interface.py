@@ -71,7 +71,11 @@ method Run(
   slot: ?string,
   # the unit HTCondor would give the job: its slot's limits, its ids in the
   # journal (the broker's [htcondor] policy; options given win)
-  htcondor: ?HTCondor
+  htcondor: ?HTCondor,
+  # indexes, into the fds, of the HTCondor scratch directory's tmp and
+  # var/tmp (O_PATH fds): the job's /tmp and /var/tmp, instead of private ones
+  tmp: ?int,
+  var_tmp: ?int
 ) -> (
   unit: ?string,
   usage_file: ?string,
@@ -221,6 +225,18 @@ def check_stdio(fds: list[int], stdin: int, stdout: int, stderr: int) -> tuple[i
             raise Invalid(name)
         chosen.append(fd)
     return chosen[0], chosen[1], chosen[2]
+
+
+def check_directory(fds: list[int], index: int, name: str) -> int:
+    """A directory fd that came with the call (O_PATH or not); Invalid(name) otherwise."""
+    if not 0 <= index < len(fds):
+        raise Invalid(name)
+    try:
+        if not stat.S_ISDIR(os.fstat(fds[index]).st_mode):
+            raise Invalid(name)
+    except OSError:
+        raise Invalid(name) from None
+    return fds[index]
 
 
 O_PATH = getattr(os, "O_PATH", 0o10000000)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from ..errors import LaunchError, UsageError
 from ..spec import Inheritance, JobSpec
 from . import interface, peer
+from .scratch import job_tmp, proc_path
 
 if TYPE_CHECKING:
     import argparse
@@ -28,6 +29,7 @@ class Request(NamedTuple):
     usage_file: str | None
     usage_format: str
     log_file: str | None
+    held_fds: list[int]  # what the unit's BindPaths= name: open until it has started
 
 
 def prepare(parameters: dict, fds: list[int], caller: peer.Peer, policy: Policy,
@@ -44,6 +46,11 @@ def prepare(parameters: dict, fds: list[int], caller: peer.Peer, policy: Policy,
                                          for name in ("stdin", "stdout", "stderr")))
     job_id = interface.string(parameters, "job_id", optional=True)
     slot = interface.string(parameters, "slot", optional=True)
+    tmp_dirs = None
+    if parameters.get("tmp") is not None or parameters.get("var_tmp") is not None:
+        tmp_dirs = tuple(interface.check_directory(
+            fds, interface.integer(parameters, name, 0, len(fds) - 1), name)
+            for name in ("tmp", "var_tmp"))
     facts = parameters.get("htcondor")
     if facts is not None:
         from ..htcondor import Facts
@@ -76,8 +83,15 @@ def prepare(parameters: dict, fds: list[int], caller: peer.Peer, policy: Policy,
     if caller.uid != 0:
         spec = spec._replace(job_id=f"u{caller.uid}-{spec.job_id}")
         spec, capped = policy.apply(spec, caller.uid, caller.gid, caps, inherit)
+    held: list[int] = []
+    if tmp_dirs is not None and spec.sandbox.private_tmp:
+        held, why = job_tmp(tmp_dirs, caller.uid)  # type: ignore[arg-type]
+        if why:
+            capped.append(("private_tmp", f"PrivateTmp instead of the scratch directory: {why}"))
+        else:
+            spec = spec._replace(tmp_binds=tuple(proc_path(fd) for fd in held))
     return Request(spec._replace(inherit=inherit), stdio, caps, capped, args.usage_file,
-                   args.usage_format, args.log_file)
+                   args.usage_format, args.log_file, held)
 
 
 _PARSER: list[argparse.ArgumentParser] = []

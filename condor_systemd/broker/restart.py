@@ -127,6 +127,7 @@ def spec_from_state(data: dict[str, Any]) -> JobSpec:
     fields["argv"] = tuple(fields.get("argv", ()))
     fields["properties"] = tuple(tuple(p) for p in fields.get("properties", ()))
     fields["log_fields"] = tuple(fields.get("log_fields", ()))
+    fields["tmp_binds"] = tuple(fields.get("tmp_binds", ()))
     fields["environment"], fields["inherit"] = {}, None
     return JobSpec(limits=Limits(**limits), sandbox=Sandbox(**fields.pop("sandbox", {})),
                    **fields)

@@ -55,6 +55,7 @@ class Session:
         self.log: SessionLog | None = None
         self.usage_format = "json"
         self.final_sent = False
+        self.held_fds: list[int] = []  # the scratch directory's tmp dirs, until started
         self.hung_up = False
         self.closed = False
         self.stop_deadline: float | None = None
@@ -134,6 +135,7 @@ class Session:
             asked = request.prepare(parameters, fds, self.peer, self.server.policy,
                                     self.server.backend.layout)
             spec, stdio = asked.spec, asked.stdio
+            self.held_fds = asked.held_fds
             self.caps, self.capped = asked.caps, asked.capped
             self.usage_file, self.usage_format = asked.usage_file, asked.usage_format
             self.log_file = asked.log_file
@@ -146,6 +148,7 @@ class Session:
                                          exit_code=exc.exit_code)
         limit = self.server.policy.max_jobs_per_user
         if self.peer.uid != 0 and self.server.jobs_of(self.peer.uid) >= limit:
+            self.release_held_fds()
             return interface.reply_error(interface.TOO_MANY_JOBS, limit=limit)
         self.log = SessionLog(self)
         for key, why in self.capped:
@@ -156,6 +159,7 @@ class Session:
             self.job = self.server.backend.start(spec, stdio, self.log)
         except CondorSystemdError as exc:
             self.forget_kept()
+            self.release_held_fds()
             self.log.error(str(exc))
             return interface.reply_error(interface.LAUNCH_FAILED, message=str(exc),
                                          exit_code=exc.exit_code)
@@ -209,6 +213,8 @@ class Session:
     def job_event(self) -> None:
         """The job's unit changed: if its main process has ended, collect and reply."""
         job = self.job
+        if job is not None and job.phase != "starting":
+            self.release_held_fds()  # the unit's namespace is set up: BindPaths= has them
         if job is None or self.final_sent or not job.has_ended():
             if job is not None and job.phase != self.saved_phase:
                 self.remember()  # running: its cgroup and verdicts are known now
@@ -364,7 +370,12 @@ class Session:
             self.kept.drop()
             self.kept = None
 
+    def release_held_fds(self) -> None:
+        while self.held_fds:
+            _close(self.held_fds.pop())
+
     def close(self) -> None:
+        self.release_held_fds()
         if self.job is None:
             self.forget_kept()  # (with a job: once the server has released it)
         if not self.closed:

@@ -51,7 +51,7 @@ def outcome(sock: socket.socket) -> dict:
 
 
 def call(message: dict, fds: list[int] = ()) -> dict:  # type: ignore[assignment]
-    """Sent as our own client would, but with any number of fds (it refuses more than 3)."""
+    """Sent as our own client would, but with any number of fds (it refuses more than 5)."""
     import array
 
     sock = connect()
@@ -96,8 +96,17 @@ ATTACKS = {
     "wrong-types": lambda: call({"method": RUN, "more": True,
                                  "parameters": run_parameters(arguments="--memory 1G")},
                                 stdio()),
-    "four-fds": lambda: call({"method": RUN, "more": True, "parameters": run_parameters()},
-                             stdio() + [os.open(os.devnull, os.O_RDONLY)]),
+    "six-fds": lambda: call({"method": RUN, "more": True, "parameters": run_parameters()},
+                            stdio() + [os.open(os.devnull, os.O_RDONLY)] * 3),
+    "tmp-not-a-directory": lambda: call(
+        {"method": RUN, "more": True, "parameters": run_parameters(tmp=3, var_tmp=4)},
+        stdio() + [os.open(os.devnull, os.O_RDONLY), os.open("/", os.O_PATH)]),
+    "htcondor-malformed": lambda: call(
+        {"method": RUN, "more": True, "parameters": run_parameters(htcondor={"cpus": -1})},
+        stdio()),
+    "var-tmp-index-out-of-range": lambda: call(
+        {"method": RUN, "more": True, "parameters": run_parameters(tmp=3, var_tmp=7)},
+        stdio() + [os.open("/", os.O_PATH)]),
     "directory-as-stdout": lambda: call({"method": RUN, "more": True,
                                          "parameters": run_parameters()},
                                         [os.open(os.devnull, os.O_RDONLY),

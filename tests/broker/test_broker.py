@@ -118,7 +118,7 @@ def invalid(parameter: str) -> dict:
     ("no-nul", CUT_OFF),
     ("not-an-object", CUT_OFF),
     ("method-not-a-string", CUT_OFF),
-    ("four-fds", CUT_OFF),
+    ("six-fds", CUT_OFF),
     ("unknown-method", {"reply": {"error": "org.varlink.service.MethodNotFound",
                                   "parameters": {"method": "io.condorsystemd.Job.Explode"}}}),
     ("unknown-interface", {"reply": {"error": "org.varlink.service.InterfaceNotFound",
@@ -128,6 +128,10 @@ def invalid(parameter: str) -> dict:
     ("o-path-stdin", invalid("stdin")),
     ("read-only-stdout", invalid("stdout")),
     ("relative-executable", invalid("executable")),
+    ("tmp-not-a-directory", invalid("tmp")),
+    ("var-tmp-index-out-of-range", invalid("var_tmp")),
+    ("htcondor-malformed", {"reply": {"error": "io.condorsystemd.Job.UsageError", "parameters": {
+        "message": "htcondor: cpus must be an integer in 0-65535"}}}),
     ("help", {"reply": {"error": "io.condorsystemd.Job.UsageError",
                         "parameters": {"message": "--help is not a job"}}}),
     ("uid-root", {"reply": {"error": "io.condorsystemd.Job.UsageError",
@@ -389,3 +393,47 @@ def test_under_htcondor_explicit_options_win_within_the_callers_cgroup(jobs):
     assert proc.returncode == 0, proc.stderr
     limits = json.loads(usage.read_text())["limits"]
     assert limits["memory_max"] == 200 << 20 and limits["swap_max"] == 10 << 20, limits
+
+
+def scratch_job(jobs, tmp: str = "dir", var_tmp_owner: int = 65534):  # noqa: ANN001, ANN201
+    """An HTCondor-like scratch directory of the caller's, with tmp and var/tmp."""
+    scratch = jobs.work / "dir_4242"
+    (scratch / "var").mkdir(parents=True)
+    if tmp == "dir":
+        (scratch / "tmp").mkdir()
+    else:
+        (scratch / "tmp").symlink_to(tmp)
+    (scratch / "var" / "tmp").mkdir()
+    for path in (scratch, scratch / "var", scratch / "tmp"):
+        os.lchown(path, 65534, 65534)
+    os.chown(scratch / "var" / "tmp", var_tmp_owner, var_tmp_owner)
+    return scratch, dict(os.environ, _CONDOR_SCRATCH_DIR=str(scratch))
+
+
+def test_under_htcondor_the_jobs_tmp_is_in_its_scratch_directory(jobs):
+    """As MOUNT_UNDER_SCRATCH: the job's /tmp and /var/tmp are the scratch directory's (the
+    kernel's mount table says so; the files stay there, counted and removed with it)."""
+    scratch, env = scratch_job(jobs)
+    proc, usage = jobs.run_with_usage("--", "sh", "-c",
+                                      "echo a > /tmp/a; echo b > /var/tmp/b; "
+                                      "grep -E ' /(var/)?tmp ' /proc/self/mountinfo", env=env)
+    assert proc.returncode == 0, proc.stderr
+    top = {line.split()[4]: line.split()[3] for line in proc.stdout.splitlines()}  # last wins
+    assert top == {"/tmp": f"{scratch}/tmp", "/var/tmp": f"{scratch}/var/tmp"}, proc.stdout
+    assert (scratch / "tmp" / "a").read_text() == "a\n"
+    assert (scratch / "var" / "tmp" / "b").read_text() == "b\n"
+    assert usage["enforced"]["private_tmp"] is True and "private_tmp" not in usage["capped"]
+
+
+@pytest.mark.parametrize(("tmp", "var_tmp_owner", "why"), [
+    ("/", 65534, "the scratch directory's tmp is not a directory of the caller's"),
+    ("dir", 0, "the scratch directory's var/tmp is not a directory of the caller's"),
+])
+def test_a_scratch_tmp_that_is_not_the_callers_is_not_bound(jobs, tmp, var_tmp_owner, why):
+    """A symlink planted as tmp (to root's /), or a directory of somebody else's: the job gets
+    PrivateTmp, and the record says why."""
+    scratch, env = scratch_job(jobs, tmp, var_tmp_owner)
+    proc, usage = jobs.run_with_usage("--", "sh", "-c", "echo a > /tmp/a", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert usage["capped"]["private_tmp"] == f"PrivateTmp instead of the scratch directory: {why}"
+    assert not (scratch / "var" / "tmp" / "a").exists()

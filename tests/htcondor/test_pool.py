@@ -288,3 +288,20 @@ def test_a_job_over_its_memory_is_held_in_htcondors_words(pool, tmp_path):
             f"{peak} megabytes.  Consider resubmitting with a higher request_memory."), ad
     finally:
         subprocess.run(["condor_rm", str(cluster)], capture_output=True)
+
+
+def test_the_jobs_tmp_is_in_its_scratch_directory_as_mount_under_scratch(pool, tmp_path):
+    """The unit binds the scratch directory's tmp and var/tmp over /tmp and /var/tmp, as the
+    starter does for jobs it runs itself: the kernel's mount table, seen by the job, says so."""
+    work = Path("/home") / SUBMITTER / f"csd-{tmp_path.name}"
+    work.mkdir(parents=True)
+    (work / "tmp.sh").write_text("echo $_CONDOR_SCRATCH_DIR; echo x > /tmp/x; cat /tmp/x\n"
+                                 "grep -E ' /(var/)?tmp ' /proc/self/mountinfo\n")
+    cluster = submit(work, "executable = /bin/sh\narguments = tmp.sh\n"
+                           "output = out\nerror = err\nlog = log\nshould_transfer_files = NO")
+    ad = finished(cluster)
+    assert ad["ExitCode"] == 0, ((work / "err").read_text(), ad)
+    scratch, x, *mounts = (work / "out").read_text().splitlines()
+    top = {line.split()[4]: line.split()[3] for line in mounts}
+    assert x == "x" and top == {"/tmp": f"{scratch}/tmp", "/var/tmp": f"{scratch}/var/tmp"}, \
+        (scratch, mounts)

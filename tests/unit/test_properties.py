@@ -183,6 +183,7 @@ DOCUMENTED = {
     "WorkingDirectory": ("WorkingDirectory", "s"),
     "Environment": ("Environment", "as"),
     "LogExtraFields": ("LogExtraFields", "aay"),
+    "BindPaths": ("BindPaths", "a(ssbt)"),
     "StandardInputFileDescriptor": ("StandardInputFileDescriptor", "h"),
     "StandardOutputFileDescriptor": ("StandardOutputFileDescriptor", "h"),
     "StandardErrorFileDescriptor": ("StandardErrorFileDescriptor", "h"),
