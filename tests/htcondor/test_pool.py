@@ -13,11 +13,11 @@ from tests.htcondor import conftest
 SUBMITTER = "alice"
 
 
-def submit(directory: Path, description: str) -> int:
+def submit(directory: Path, description: str, queue: str = "queue") -> int:
     """condor_submit as alice; the cluster id."""
     directory.mkdir(parents=True, exist_ok=True)
     subprocess.run(["chown", SUBMITTER, str(directory)], check=True)
-    (directory / "job.sub").write_text(description + "\nqueue\n")
+    (directory / "job.sub").write_text(f"{description}\n{queue}\n")
     proc = subprocess.run(["runuser", "-u", SUBMITTER, "--", "condor_submit", "-terse",
                            "job.sub"], cwd=directory, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -305,3 +305,73 @@ def test_the_jobs_tmp_is_in_its_scratch_directory_as_mount_under_scratch(pool, t
     top = {line.split()[4]: line.split()[3] for line in mounts}
     assert x == "x" and top == {"/tmp": f"{scratch}/tmp", "/var/tmp": f"{scratch}/var/tmp"}, \
         (scratch, mounts)
+
+
+GRACEFUL = ("trap 'echo term >> signals; sleep 1; echo graceful >> signals; exit 0' TERM; "
+            "(setsid sleep {tag} &); nohup sleep {tag} > /dev/null 2>&1 & "
+            "while :; do sleep 0.2; done")
+
+
+def test_condor_hold_is_a_soft_kill_the_job_sees_and_nothing_outlives(pool, tmp_path):
+    """condor_hold sends the job's KillSig (SIGTERM) to the wrapper: the job gets it, has its
+    grace, and what it left behind (setsid, nohup) dies with the unit."""
+    work = Path("/home") / SUBMITTER / f"csd-{tmp_path.name}"
+    work.mkdir(parents=True)
+    (work / "job.sh").write_text(GRACEFUL.format(tag=4273) + "\n")
+    cluster = submit(work, "executable = /bin/sh\narguments = job.sh\n"
+                           "output = out\nerror = err\nlog = log\nshould_transfer_files = NO")
+    running(cluster)
+    wait_until(lambda: len(processes("^sleep 4273")) == 2, 60, "the job's sleeps never ran")
+    subprocess.run(["runuser", "-u", SUBMITTER, "--", "condor_hold", str(cluster)], check=True,
+                   capture_output=True)
+    wait_until(lambda: queue_ad(cluster)["JobStatus"] == 5, 60, "the job was never held")
+    wait_until(lambda: not processes("^sleep 4273") and not job_units(), 30,
+               "processes or the unit outlived condor_hold")
+    assert (work / "signals").read_text() == "term\ngraceful\n"
+    subprocess.run(["condor_rm", str(cluster)], capture_output=True)
+
+
+def test_condor_vacate_job_is_a_soft_kill_and_the_job_runs_again(pool, tmp_path):
+    work = Path("/home") / SUBMITTER / f"csd-{tmp_path.name}"
+    work.mkdir(parents=True)
+    (work / "job.sh").write_text("if [ -e ran ]; then exit 7; fi; touch ran\n" +
+                                 GRACEFUL.format(tag=4274) + "\n")
+    cluster = submit(work, "executable = /bin/sh\narguments = job.sh\n"
+                           "output = out\nerror = err\nlog = log\nshould_transfer_files = NO")
+    running(cluster)
+    wait_until(lambda: len(processes("^sleep 4274")) == 2, 60, "the job's sleeps never ran")
+    subprocess.run(["condor_vacate_job", str(cluster)], check=True, capture_output=True)
+    ad = finished(cluster)
+    assert ad["ExitCode"] == 7 and ad["NumJobStarts"] >= 2, ad
+    assert (work / "signals").read_text() == "term\ngraceful\n"
+    assert not processes("^sleep 4274") and not job_units()
+
+
+def test_jobs_side_by_side_on_the_partitionable_slot_each_have_their_own_limits(pool, tmp_path):
+    """Two dynamic slots at once (128 and 256 MB, one CPU each of the guest's two): each job's
+    own cgroup has its slot's memory.max, and they ran at the same time."""
+    work = Path("/home") / SUBMITTER / f"csd-{tmp_path.name}"
+    work.mkdir(parents=True)
+    (work / "side.sh").write_text(
+        "d=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)\n"
+        "echo $(date +%s.%N) $(cat $d/memory.max) $(cat $d/cpu.weight) $d\n"
+        "sleep 8; date +%s.%N\n")
+    cluster = submit(work, "executable = /bin/sh\narguments = side.sh\n"
+                           "request_memory = $(mem)\nrequest_cpus = 1\n"
+                           "output = out.$(Process)\nerror = err.$(Process)\nlog = log\n"
+                           "should_transfer_files = NO", queue="queue mem in (128, 256)")
+    deadline = time.monotonic() + 240
+    while subprocess.run(["condor_q", "-allusers", "-af", "ClusterId", str(cluster)],
+                         capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline, "the jobs did not finish"
+        time.sleep(1)
+    spans, limits, units = [], [], set()
+    for proc in (0, 1):
+        first, last = (work / f"out.{proc}").read_text().splitlines()
+        start, memory_max, weight, cgroup = first.split()
+        spans.append((float(start), float(last)))
+        limits.append((int(memory_max) >> 20, weight))
+        units.add(cgroup)
+    assert limits == [(128, "100"), (256, "100")], limits
+    assert len(units) == 2 and all("/condor.slice/condor-job-u" in u for u in units), units
+    assert max(s for s, _ in spans) < min(e for _, e in spans), f"not side by side: {spans}"
