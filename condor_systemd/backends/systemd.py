@@ -34,7 +34,8 @@ def map_bus_error(exc: BusError, unit: str) -> CondorSystemdError:
                           "already running? choose another --name)")
     if name in ("AccessDenied", "InteractiveAuthorizationRequired"):
         return BackendUnavailable(f"not permitted to start system units: {exc.text or name} "
-                                  "(run as root)")
+                                  "(run as root, or through the broker: systemctl enable "
+                                  "--now condor-systemd.socket)")
     if name in ("InvalidArgs", "PropertyReadOnly"):
         return LaunchError(f"systemd refused the unit {unit}: {exc.text or name}")
     if not exc.name:
