@@ -32,7 +32,6 @@ from .jobad import INTEGER_BOUNDS, MAX_TEXT
 from .spec import JobSpec
 
 MEMORY_LIMITS = ("hard", "soft", "none")
-DEFAULTS: dict[str, Any] = {"memory_limit": "hard", "allow_swap": False, "cpu_quota": False}
 MAX_CPUS = 100  # CPUWeight's ceiling is 10000
 _TEXT = re.compile(f"[^\\x00-\\x1f\\x7f]{{1,{MAX_TEXT}}}")
 _SLOT_TOKEN = re.compile(r"[^A-Za-z0-9_.:-]")
@@ -54,16 +53,16 @@ class Facts(NamedTuple):
         """From the Run call's "htcondor" object: hostile input. UsageError names the key."""
         if not isinstance(data, dict):
             raise UsageError("htcondor: not an object")
-        bounds = INTEGER_BOUNDS
         out: dict[str, Any] = {}
         for key, value in data.items():
             if key not in cls._fields:
                 raise UsageError(f"htcondor: unknown key {key!r}")
             if value is None:
                 continue
-            if key in bounds:
-                if type(value) is not int or not 0 <= value < bounds[key]:
-                    raise UsageError(f"htcondor: {key} must be an integer in 0-{bounds[key] - 1}")
+            if key in INTEGER_BOUNDS:
+                bound = INTEGER_BOUNDS[key]
+                if type(value) is not int or not 0 <= value < bound:
+                    raise UsageError(f"htcondor: {key} must be an integer in 0-{bound - 1}")
             elif not isinstance(value, str) or not _TEXT.fullmatch(value):
                 raise UsageError(f"htcondor: {key} must be printable text of 1-255 characters")
             out[key] = value

@@ -143,12 +143,17 @@ def job_attributes(usage: Usage) -> list[tuple[str, str]]:
         ("ChirpCondorSystemdMemoryMaxMB",
          _ad(memory_max // 2**20 if isinstance(memory_max, int) else None)),
         ("ChirpCondorSystemdLimits",
-         _ad(" ".join(f"{key}={_plain(value)}" for key, value in usage.limits.items()))),
+         _ad(_fit(" ".join(f"{key}={_plain(value)}" for key, value in usage.limits.items())))),
         ("ChirpCondorSystemdNotEnforced",
-         _ad("; ".join(f"{key}: {verdict}" for key, verdict in record["enforced"].items()
-                       if verdict is not True))),
+         _ad(_fit("; ".join(f"{key}: {verdict}" for key, verdict in record["enforced"].items()
+                            if verdict is not True)))),
     ]
     return out
+
+
+def _fit(text: str, limit: int = 900) -> str:
+    """Chirp takes at most 993 characters of expression: long text is cut, and says so."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _plain(value: object) -> str:

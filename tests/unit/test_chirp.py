@@ -122,3 +122,10 @@ def test_the_records_attributes():
         '"swap_max: not enforced: no swap accounting"'
     assert attributes["ChirpCondorSystemdIoReadBytes"] == "undefined"
     assert all(name.startswith("Chirp") for name in attributes) and len(attributes) <= 100
+
+
+def test_long_texts_are_cut_to_what_chirp_takes():
+    many = {f"limit_{i}": Verdict("not enforced", "x" * 80) for i in range(20)}
+    usage = Usage(unit=None, backend="psutil", job_id="1.0", enforced=many)
+    value = dict(job_attributes(usage))["ChirpCondorSystemdNotEnforced"]
+    assert len(value) == 902 and value.endswith('..."'), len(value)
