@@ -24,6 +24,7 @@ CONFIG_VARIABLE = "_CONDOR_CHIRP_CONFIG"
 TIMEOUT = 5.0  # the proxy is the starter on this node; a starter that hangs must not hold us
 MAX_VALUE = 993
 MAX_ATTRIBUTES = 100
+ULOG_MAX = 128  # the starter keeps this much of a generic event's text
 
 
 class ChirpError(Exception):
@@ -39,8 +40,11 @@ def _word(text: str) -> str:
     return "".join(out)
 
 
-def publish(config_path: str, attributes: list[tuple[str, str]]) -> None:
-    """Send each (Name, ClassAd expression) with set_job_attr_delayed; raise ChirpError."""
+def publish(config_path: str, attributes: list[tuple[str, str]],
+            log_line: str | None = None) -> None:
+    """Send each (Name, ClassAd expression) with set_job_attr_delayed, and log_line as a
+    generic event of the job's user log (`ulog`: only where the job ad's WantRemoteUpdates,
+    or WantIOProxy, lets the starter take it); raise ChirpError."""
     try:
         with open(config_path, encoding="utf-8") as f:
             host, port, cookie = f.readline().split()[:3]
@@ -57,6 +61,8 @@ def publish(config_path: str, attributes: list[tuple[str, str]]) -> None:
                 if len(value) > MAX_VALUE or "\n" in value:
                     raise ChirpError(f"{name}: value too long for Chirp")
                 _ask(sock, answers, f"set_job_attr_delayed {_word(name)} {_word(value)}", name)
+            if log_line:
+                _ask(sock, answers, f"ulog {_word(log_line[:ULOG_MAX])}", "the user log event")
     except OSError as exc:
         raise ChirpError(f"Chirp proxy {host}:{port}: {exc.strerror or exc}") from None
 
@@ -77,3 +83,17 @@ def _ask(sock, answers, line: str, what: str) -> None:  # noqa: ANN001
 def config_path(environ: dict[str, str]) -> str | None:
     path = environ.get(CONFIG_VARIABLE)
     return path if path and os.path.isabs(path) else None
+
+
+def log_line(attributes: list[tuple[str, str]]) -> str:
+    """The record in one user-log line (at most ULOG_MAX characters)."""
+    values = dict(attributes)
+
+    def figure(name: str) -> str:
+        return values.get(f"ChirpCondorSystemd{name}", "undefined")
+
+    line = (f"condor-systemd: cpu {figure('CpuUserSeconds')} s user "
+            f"{figure('CpuSystemSeconds')} s system, peak memory {figure('MemoryPeakMB')} MB")
+    if figure("OomKilled") == "true":
+        line += ", killed: out of memory"
+    return line[:ULOG_MAX]

@@ -243,14 +243,15 @@ def _write_usage(path: str, text: str, log: Log) -> None:
 
 def _chirp(usage: Usage, environ: dict[str, str], log: Log) -> None:
     """Under HTCondor, the record's figures into the job ad; a failure is only logged."""
-    from .chirp import ChirpError, config_path, publish
+    from .chirp import ChirpError, config_path, log_line, publish
     from .usage import job_attributes
 
     path = config_path(environ)
     if path is None:
         return
+    pairs = job_attributes(usage)
     try:
-        publish(path, job_attributes(usage))
+        publish(path, pairs, log_line(pairs) if jobad.wants_remote_updates(environ) else None)
     except ChirpError as exc:
         log.error(f"the usage did not reach the job ad: {exc}")
 

@@ -219,12 +219,13 @@ class _Client:
         path = config_path(self.environ)
         if path is None or not isinstance(attributes, list):
             return
-        from .chirp import ChirpError, publish
+        from .chirp import ChirpError, log_line, publish
+        from .jobad import wants_remote_updates
 
         pairs = [(str(a.get("name")), str(a.get("value"))) for a in attributes
                  if isinstance(a, dict)]
         try:
-            publish(path, pairs)
+            publish(path, pairs, log_line(pairs) if wants_remote_updates(self.environ) else None)
         except ChirpError as exc:
             from .log import Log
 

@@ -81,3 +81,12 @@ def facts_from_env(environ: Mapping[str, str]) -> dict | None:
     if slot and len(slot) <= MAX_TEXT and slot.isprintable():
         facts["slot"] = slot
     return facts
+
+
+def wants_remote_updates(environ: Mapping[str, str]) -> bool:
+    """Does the starter take the job's user-log events (Chirp's ulog)? The job ad's
+    WantRemoteUpdates, which defaults to its WantIOProxy; both default to false."""
+    path = environ.get("_CONDOR_JOB_AD")
+    ad = read_ad(path) if path else {}
+    value = ad.get("wantremoteupdates", ad.get("wantioproxy", "false"))
+    return value.strip().lower() == "true"

@@ -52,6 +52,7 @@ def test_a_job_runs_as_its_owner_in_its_own_unit_with_its_output_and_exit_code(p
     assert out[:2] == ["out", SUBMITTER], out
     assert any("condor.slice/condor-job-u" in line for line in out[2:]), out
     assert (work / "err").read_text() == "err\n"
+    assert "condor-systemd" not in (work / "log").read_text()  # no user-log event unasked
 
 
 def running(cluster: int, timeout: float = 180) -> None:
@@ -251,7 +252,7 @@ def test_the_jobs_usage_reaches_its_history_ad(pool, tmp_path):
     work.mkdir(parents=True)
     (work / "usage.py").write_text(USAGE_JOB)
     cluster = submit(work, "executable = /usr/bin/python3\narguments = usage.py\n"
-                           "request_memory = 256\n"
+                           "request_memory = 256\n+WantIOProxy = true\n"
                            "output = out\nerror = err\nlog = log\nshould_transfer_files = NO")
     ad = finished(cluster)
     assert ad["ExitCode"] == 0, ((work / "err").read_text(), ad)
@@ -264,6 +265,11 @@ def test_the_jobs_usage_reaches_its_history_ad(pool, tmp_path):
                                    ad["ChirpCondorSystemdUnit"])
     assert ad["ChirpCondorSystemdMemoryMaxMB"] == 256
     assert 0 < ad["ChirpCondorSystemdWallSeconds"] <= ad["RemoteWallClockTime"] + 1, ad
+    # WantIOProxy: the record's line is also a generic event (008) of the job's user log
+    line = (f"condor-systemd: cpu {ad['ChirpCondorSystemdCpuUserSeconds']!r} s user "
+            f"{ad['ChirpCondorSystemdCpuSystemSeconds']!r} s system, peak memory "
+            f"{ad['ChirpCondorSystemdMemoryPeakMB']} MB")
+    assert line in (work / "log").read_text(), (work / "log").read_text()
 
 
 def test_a_job_over_its_memory_is_held_in_htcondors_words(pool, tmp_path):

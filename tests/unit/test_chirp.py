@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from condor_systemd.chirp import ChirpError, publish
+from condor_systemd.chirp import ChirpError, log_line, publish
+from condor_systemd.jobad import wants_remote_updates
 from condor_systemd.usage import Usage, Verdict, job_attributes
 
 
@@ -52,6 +53,8 @@ class Proxy:
                     ok = words[1:] == [self.cookie]
                 elif words[0] == "set_job_attr_delayed" and len(words) == 3:
                     ok = words[1] != self.refuse
+                elif words[0] == "ulog" and len(words) == 2:
+                    ok = True
                 else:
                     ok = False
                 f.write("0\n" if ok else "-1\n")
@@ -129,3 +132,28 @@ def test_long_texts_are_cut_to_what_chirp_takes():
     usage = Usage(unit=None, backend="psutil", job_id="1.0", enforced=many)
     value = dict(job_attributes(usage))["ChirpCondorSystemdNotEnforced"]
     assert len(value) == 902 and value.endswith('..."'), len(value)
+
+
+def test_the_user_log_line_follows_the_attributes(tmp_path):
+    proxy = Proxy()
+    attributes = [("ChirpCondorSystemdCpuUserSeconds", "1.25"),
+                  ("ChirpCondorSystemdCpuSystemSeconds", "0.5"),
+                  ("ChirpCondorSystemdMemoryPeakMB", "129"),
+                  ("ChirpCondorSystemdOomKilled", "true")]
+    line = log_line(attributes)
+    assert line == ("condor-systemd: cpu 1.25 s user 0.5 s system, peak memory 129 MB, "
+                    "killed: out of memory")
+    publish(proxy.config(tmp_path), attributes, line)
+    proxy.thread.join(5)
+    assert proxy.received[-1] == ["ulog", line]
+
+
+@pytest.mark.parametrize("ad, wanted", [
+    ("WantIOProxy = true\n", True),
+    ("WantIOProxy = true\nWantRemoteUpdates = false\n", False),
+    ("WantRemoteUpdates = TRUE\n", True),
+    ("", False),
+])
+def test_user_log_events_only_where_the_job_ad_lets_the_starter_take_them(tmp_path, ad, wanted):
+    (tmp_path / "job.ad").write_text(ad)
+    assert wants_remote_updates({"_CONDOR_JOB_AD": str(tmp_path / "job.ad")}) is wanted
