@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (the thin client imports this module: no typing at run time)
+    from collections.abc import Callable
+
 CONFIG_VARIABLE = "_CONDOR_CHIRP_CONFIG"
 TIMEOUT = 5.0  # the proxy is the starter on this node; a starter that hangs must not hold us
 MAX_VALUE = 993
@@ -80,9 +84,22 @@ def _ask(sock, answers, line: str, what: str) -> None:  # noqa: ANN001
         raise ChirpError(f"the Chirp proxy refused {what} (error {status})")
 
 
-def config_path(environ: dict[str, str]) -> str | None:
+def publish_usage(environ: dict[str, str],
+                  attributes: Callable[[], list[tuple[str, str]]]) -> str | None:
+    """Under HTCondor ($_CONDOR_CHIRP_CONFIG), the record's attributes into the job ad and,
+    where the job ad lets the starter take it, its line into the user log. The one-line reason
+    it failed (for the journal: it never changes the job's status), or None."""
     path = environ.get(CONFIG_VARIABLE)
-    return path if path and os.path.isabs(path) else None
+    if not path or not os.path.isabs(path):
+        return None
+    from .jobad import wants_remote_updates
+
+    pairs = attributes()
+    try:
+        publish(path, pairs, log_line(pairs) if wants_remote_updates(environ) else None)
+    except ChirpError as exc:
+        return f"the usage did not reach the job ad: {exc}"
+    return None
 
 
 def log_line(attributes: list[tuple[str, str]]) -> str:

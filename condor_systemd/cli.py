@@ -131,7 +131,6 @@ class Caller(NamedTuple):
     job_id: str | None
     slot: str | None
     pid: int
-    htcondor: dict | None = None  # jobad.facts_from_env: the slot's size, the job's ids
 
 
 def caller_here(command: list[str], environ: dict[str, str]) -> Caller:
@@ -141,7 +140,7 @@ def caller_here(command: list[str], environ: dict[str, str]) -> Caller:
         raise LaunchError("the current working directory no longer exists") from None
     job_env = {k: v for k, v in environ.items() if k != WRAPPER_ERROR_FILE}
     return Caller(cwd, resolve_command(command[0], job_env, cwd), jobad.job_id_from_env(environ),
-                  jobad.slot_from_env(environ), os.getpid(), jobad.facts_from_env(environ))
+                  jobad.slot_from_env(environ), os.getpid())
 
 
 def job_command(args: argparse.Namespace) -> list[str]:
@@ -243,17 +242,12 @@ def _write_usage(path: str, text: str, log: Log) -> None:
 
 def _chirp(usage: Usage, environ: dict[str, str], log: Log) -> None:
     """Under HTCondor, the record's figures into the job ad; a failure is only logged."""
-    from .chirp import ChirpError, config_path, log_line, publish
+    from .chirp import publish_usage
     from .usage import job_attributes
 
-    path = config_path(environ)
-    if path is None:
-        return
-    pairs = job_attributes(usage)
-    try:
-        publish(path, pairs, log_line(pairs) if jobad.wants_remote_updates(environ) else None)
-    except ChirpError as exc:
-        log.error(f"the usage did not reach the job ad: {exc}")
+    failed = publish_usage(environ, lambda: job_attributes(usage))
+    if failed:
+        log.error(failed)
 
 
 def _probe(choice: str) -> int:

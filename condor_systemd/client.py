@@ -129,6 +129,9 @@ class _Client:
                           f"{exc.strerror or exc}", LaunchError.exit_code) from None
         except ValueError as exc:  # not representable in JSON (cannot happen: filtered)
             raise _Failed(f"cannot send the job to the broker: {exc}", 125) from None
+        finally:
+            for fd in fds[3:]:  # the broker holds its own copies of the tmp directories
+                os.close(fd)
         return self.wait(sock)
 
     def connect(self):  # noqa: ANN201 - a socket.socket; not imported for the annotation
@@ -211,26 +214,17 @@ class _Client:
             return LaunchError.exit_code
         return int(final["exit_code"])
 
-
     def chirp(self, attributes: object) -> None:
         """Under HTCondor, the record's figures into the job ad; a failure is only logged."""
-        from .chirp import config_path
+        from .chirp import publish_usage
 
-        path = config_path(self.environ)
-        if path is None or not isinstance(attributes, list):
-            return
-        from .chirp import ChirpError, log_line, publish
-        from .jobad import wants_remote_updates
-
-        pairs = [(str(a.get("name")), str(a.get("value"))) for a in attributes
-                 if isinstance(a, dict)]
-        try:
-            publish(path, pairs, log_line(pairs) if wants_remote_updates(self.environ) else None)
-        except ChirpError as exc:
+        failed = publish_usage(self.environ, lambda: [
+            (str(a.get("name")), str(a.get("value")))
+            for a in (attributes if isinstance(attributes, list) else ()) if isinstance(a, dict)])
+        if failed:
             from .log import Log
 
-            Log(log_file=self.log_file, to_tty=False).error(
-                f"the usage did not reach the job ad: {exc}")
+            Log(log_file=self.log_file, to_tty=False).error(failed)
 
 
 def _wake_only(signum: int, frame: object) -> None:
@@ -295,7 +289,11 @@ def _scratch_tmp(environ: dict[str, str]) -> list[tuple[str, int]]:
 def _job_ids(environ: dict[str, str]) -> dict:
     """The job id and slot from HTCondor's ads, read as the caller (the broker reads no
     files on anybody's behalf)."""
-    from .jobad import facts_from_env, job_id_from_env, slot_from_env
+    from .jobad import facts_from_env, slot_from_env
 
-    return {"job_id": job_id_from_env(environ), "slot": slot_from_env(environ),
-            "htcondor": facts_from_env(environ)}
+    facts = facts_from_env(environ)  # each ad read once, on every job's start
+    if facts is None:
+        return {"job_id": None, "slot": slot_from_env(environ), "htcondor": None}
+    job_id = f"{facts['cluster']}.{facts['proc']}" if "cluster" in facts and "proc" in facts \
+        else None
+    return {"job_id": job_id, "slot": facts.get("slot"), "htcondor": facts}

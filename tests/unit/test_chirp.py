@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from condor_systemd.chirp import ChirpError, log_line, publish
+from condor_systemd.chirp import ChirpError, log_line, publish, publish_usage
 from condor_systemd.jobad import wants_remote_updates
 from condor_systemd.usage import Usage, Verdict, job_attributes
 
@@ -157,3 +157,23 @@ def test_the_user_log_line_follows_the_attributes(tmp_path):
 def test_user_log_events_only_where_the_job_ad_lets_the_starter_take_them(tmp_path, ad, wanted):
     (tmp_path / "job.ad").write_text(ad)
     assert wants_remote_updates({"_CONDOR_JOB_AD": str(tmp_path / "job.ad")}) is wanted
+
+
+def test_publish_usage_only_under_htcondor_and_says_why_it_failed(tmp_path):
+    asked = []
+
+    def attributes() -> list[tuple[str, str]]:
+        asked.append(1)
+        return [("ChirpCondorSystemdCpuUserSeconds", "1.0")]
+
+    assert publish_usage({}, attributes) is None and not asked  # not under HTCondor: nothing
+    (tmp_path / "job.ad").write_text("WantIOProxy = true\n")
+    proxy = Proxy()
+    env = {"_CONDOR_CHIRP_CONFIG": proxy.config(tmp_path),
+           "_CONDOR_JOB_AD": str(tmp_path / "job.ad")}
+    assert publish_usage(env, attributes) is None
+    proxy.thread.join(5)
+    assert [words[0] for words in proxy.received] == ["cookie", "set_job_attr_delayed", "ulog"]
+    env["_CONDOR_CHIRP_CONFIG"] = str(tmp_path / "missing")
+    assert publish_usage(env, attributes).startswith(
+        "the usage did not reach the job ad: cannot read the Chirp configuration ")
