@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--private-users", action="store_true", help="PrivateUsers=yes")
     add("--protect-system", nargs="?", const="strict", choices=PROTECT_SYSTEM_VALUES,
         help="ProtectSystem (default when given: strict, with the working directory writable)")
+    add("--gpus", metavar="LIST",
+        help="the GPUs the job may open (N, CUDAN or GPU-<uuid>, comma-separated; 'none'); "
+             "default: $_CONDOR_AssignedGPUs, else $CUDA_VISIBLE_DEVICES")
     add("-p", "--property", metavar="NAME=VALUE", action="append", default=[],
         type=_typed(parse_assignment), help="any supported unit property, as systemd-run -p")
     add("--scope", action="store_true", help="run in a scope instead of a service")
@@ -167,8 +170,13 @@ def spec_from_args(args: argparse.Namespace, environ: dict[str, str],
               "memory_max": args.memory, "memory_high": args.memory_high, "swap_max": args.swap,
               "allowed_cpus": args.allowed_cpus, "io_weight": args.io_weight,
               "tasks_max": args.tasks_max}
+    from . import devices
+
+    gpus = devices.assigned_ids(args.gpus, environ)
+    if gpus:
+        devices.check(gpus, given=args.gpus is not None)
     sandbox = {"private_tmp": args.private_tmp, "private_users": args.private_users,
-               "protect_system": args.protect_system}
+               "protect_system": args.protect_system, "gpus": gpus}
     extra = []
     limit_of = {prop: field for field, prop in LIMIT_PROPERTY.items()}
     sandbox_of = {prop: field for field, prop in SANDBOX_PROPERTY.items()}

@@ -168,6 +168,7 @@ class Sandbox(NamedTuple):
     private_tmp: bool = True
     private_users: bool = False
     protect_system: str | None = None  # "yes" | "full" | "strict"
+    gpus: tuple[str, ...] | None = None  # GPU ids the job may open; None: no device rules
 
     def asked(self) -> dict[str, object]:
         out: dict[str, object] = {"private_tmp": self.private_tmp}
@@ -175,6 +176,8 @@ class Sandbox(NamedTuple):
             out["private_users"] = True
         if self.protect_system:
             out["protect_system"] = self.protect_system
+        if self.gpus is not None:
+            out["gpus"] = ",".join(self.gpus) or "none"
         return out
 
 
@@ -226,9 +229,25 @@ class Inheritance(NamedTuple):
             nice = None
         return cls(umask, rlimits, cpus, oom, nice)
 
+    def restricted_cpus(self) -> tuple[int, ...] | None:
+        """The affinity, if it keeps to fewer CPUs than are online (HTCondor's
+        ASSIGN_CPU_AFFINITY); None if it is no restriction or unknown."""
+        if self.cpus is None or not self.cpus or self.cpus == online_cpus():
+            return None
+        return self.cpus
+
     def hard_limit(self, name: str) -> int:
         """The hard rlimit (-1: infinity or unknown)."""
         return next((hard for n, _soft, hard in self.rlimits if n == name), -1)
+
+
+def online_cpus() -> tuple[int, ...] | None:
+    """The CPUs online here, None if unknown."""
+    try:
+        with open("/sys/devices/system/cpu/online") as f:
+            return parse_cpu_list(f.read().strip())
+    except (OSError, UsageError):
+        return None
 
 
 # /proc/PID/limits' row names (fs/proc/base.c lnames) -> setrlimit names
@@ -308,6 +327,16 @@ class JobSpec(_JobSpecFields):
             raise UsageError("--private-users and --protect-system need a service; "
                              "scopes cannot be sandboxed")
         return self
+
+    def with_inherited_cpus(self) -> JobSpec:
+        """Without --allowed-cpus, a job keeps to the CPUs its wrapper (or the broker's caller)
+        may use: a forked job would inherit that affinity; a unit gets it as its CPU set."""
+        if self.limits.allowed_cpus is not None:
+            return self
+        inherit = self.inherit or Inheritance.of_process()
+        cpus = inherit.restricted_cpus()
+        return self if cpus is None else self._replace(
+            limits=self.limits._replace(allowed_cpus=cpus))
 
     @property
     def unit_name(self) -> str:

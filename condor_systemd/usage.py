@@ -43,6 +43,9 @@ class Verdict:
 
 
 IN_FORCE = Verdict(ENFORCED)
+# allowed_cpus held by CPU affinity, not by a cpuset: read back, but a job may undo it
+AFFINITY = ("affinity: every process of the job runs on the CPUs asked (read back from /proc), "
+            "but a process may widen its own affinity; only a cpuset would stop that")
 
 
 def render_verdict(verdict: Verdict | bool | str) -> bool | str:

@@ -187,6 +187,34 @@ BREAKAGES = (
              "                        pass\n",
              (KILL + "test_usr1_is_forwarded_to_every_process_within_a_second" + SD,
               KILL + "test_usr1_is_forwarded_to_every_process_within_a_second" + PS)),
+    # -- isolation (issue 12) -----------------------------------------------------------------
+    Breakage("no CPUAffinity where systemd sets no cpuset", SERVICE,
+             '        if self.spec.limits.allowed_cpus is not None and "CPUAffinity" not in asked:',
+             "        if False:",
+             ("tests/behaviour/test_limits.py::test_limits_are_enforced_as_the_record_says" + SD,)),
+    Breakage("the wrapper's affinity not the job's CPU set", "condor_systemd/backends/systemd.py",
+             "        spec = spec.with_inherited_cpus()\n", "",
+             ("tests/behaviour/test_limits.py::test_the_wrappers_cpu_affinity_is_the_jobs_cpu_"
+              "set[broker]",)),
+    Breakage("an affinity read back that was never set", "condor_systemd/backends/unitjob.py",
+             "                 if format_cpu_list(cpus) != asked}", "                 if False}",
+             ("tests/unit/test_affinity.py::test_a_process_on_other_cpus_is_not_in_force",)),
+    Breakage("no device filter for GPUs", "condor_systemd/backends/unitjob.py",
+             "        return props + self.device_props\n", "        return props\n",
+             ("tests/behaviour/test_devices.py::test_only_the_assigned_gpu_can_be_opened" + SD,)),
+    Breakage("every GPU of the node allowed", "condor_systemd/backends/unitjob.py",
+             "devices.allow_list(nodes)", "devices.allow_list(present)",
+             ("tests/behaviour/test_devices.py::test_only_the_assigned_gpu_can_be_opened"
+              "[broker]",)),
+    Breakage("NVIDIA's driver left open by name", "condor_systemd/devices.py",
+             'if kind == "char" and (major == NVIDIA_MAJOR or name.startswith("nvidia")):',
+             "if False:",
+             ("tests/unit/test_devices.py::test_every_driver_but_nvidias_stays_open",)),
+    Breakage("a GPU the caller may not open granted", "condor_systemd/backends/unitjob.py",
+             "            if not devices.may_open(node, uid, gids):",
+             "            if False:",
+             ("tests/behaviour/test_devices.py::test_a_gpu_the_user_could_not_open_is_not_"
+              "granted[broker]",)),
 )
 
 

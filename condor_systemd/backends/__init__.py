@@ -77,7 +77,9 @@ class Backend(Protocol):
     reason: str  # why this backend was chosen: the usage record's backend_reason
 
     def start(self, spec: JobSpec, stdio: tuple[int, int, int], log: Log) -> Job:
-        """Launch the job with these fds as its stdin/stdout/stderr."""
+        """Launch the job with these fds as its stdin/stdout/stderr. Without allowed_cpus,
+        the job keeps to the CPUs of the caller's affinity (spec.inherit, else this process's):
+        the limits in its record say so."""
 
 
 def select(choice: str = "auto") -> Backend:

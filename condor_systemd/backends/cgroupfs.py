@@ -133,6 +133,27 @@ def procs(layout: Layout, cgroup: str) -> list[int] | None:
     return None if text is None else [int(p) for p in text.split()]
 
 
+def cpus_allowed(pid: int) -> tuple[int, ...] | None:
+    """The CPUs a process may run on (its affinity within its cpuset), None if it is gone."""
+    from ..spec import parse_cpu_list
+
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Cpus_allowed_list:"):
+                    return parse_cpu_list(line.split(":", 1)[1].strip())
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def device_rules(layout: Layout, cgroup: str) -> list[str] | None:
+    """cgroup v1's devices.list of the unit ("c 195:0 rw", ...); None where there is none
+    (on v2 the filter is a BPF program, which the kernel does not show back as rules)."""
+    text = _read(_path(layout.v1_dir("devices", cgroup), "devices.list"))
+    return None if text is None else text.splitlines()
+
+
 # -- accounting ------------------------------------------------------------------------------
 class Accounting(NamedTuple):
     cpu_user_seconds: float | None = None

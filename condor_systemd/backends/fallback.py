@@ -21,7 +21,7 @@ import psutil
 
 from ..log import Log
 from ..spec import JobSpec, format_cpu_list
-from ..usage import APPROXIMATE, IN_FORCE, NOT_ENFORCED, OFF, Usage, Verdict
+from ..usage import AFFINITY, APPROXIMATE, IN_FORCE, NOT_ENFORCED, NOT_IN_FORCE, OFF, Usage, Verdict
 from . import STOPPING, child, linux, pidfd
 from .family import TOKEN_VARIABLE, Family
 
@@ -36,7 +36,7 @@ class FallbackBackend:
         self.reason = reason
 
     def start(self, spec: JobSpec, stdio: tuple[int, int, int], log: Log) -> FamilyJob:
-        job = FamilyJob(spec, log, self.reason)
+        job = FamilyJob(spec.with_inherited_cpus(), log, self.reason)
         job.launch(stdio)
         return job
 
@@ -136,7 +136,7 @@ class FamilyJob:
             put("swap_max", NOT_ENFORCED, nothing + "limits swap per job")
         if limits.allowed_cpus is not None:
             setup.cpus = limits.allowed_cpus
-            self.enforced["allowed_cpus"] = IN_FORCE  # checked after start: check_affinity()
+            put("allowed_cpus", APPROXIMATE, AFFINITY)  # read back after start: check_affinity()
         if limits.io_weight is not None:
             setup.io_level = io_level(limits.io_weight)
             put("io_weight", APPROXIMATE, f"best-effort I/O priority {setup.io_level} "
@@ -152,6 +152,9 @@ class FamilyJob:
             else:
                 setup.private_tmp = True
                 self.enforced["private_tmp"] = IN_FORCE
+        if sandbox.gpus is not None:
+            put("gpus", NOT_ENFORCED, "a device filter needs a cgroup: every GPU the user may "
+                                      "open stays open")
         if sandbox.private_users:
             put("private_users", NOT_ENFORCED, "needs systemd")
         if sandbox.protect_system:
@@ -183,7 +186,8 @@ class FamilyJob:
             return  # it has ended already; the child set it before exec or failed the launch
         if got != tuple(sorted(asked)):
             self.enforced["allowed_cpus"] = Verdict(
-                APPROXIMATE, f"the job got CPUs {format_cpu_list(got)} (this host restricts it)")
+                NOT_IN_FORCE, f"asked {format_cpu_list(asked)}, the job got CPUs "
+                              f"{format_cpu_list(got)} (this host restricts it)")
 
     # -- the runner's interface --------------------------------------------------------------
     def fds(self) -> list[int]:

@@ -142,6 +142,8 @@ TABLE: dict[str, Prop] = {
     "IOAccounting": Prop("IOAccounting", "b", _bool, 230),
     "TasksAccounting": Prop("TasksAccounting", "b", _bool, 227),
     "OOMPolicy": Prop("OOMPolicy", "s", None, 243, services_only=True),
+    "DevicePolicy": Prop("DevicePolicy", "s", None, 208),  # managed: GPUs (devices.py)
+    "DeviceAllow": Prop("DeviceAllow", "a(ss)", None, 208),
     "ManagedOOMMemoryPressure": Prop("ManagedOOMMemoryPressure", "s",
                                      _choice("auto", "kill"), 247),
     # sandboxing (systemd.exec(5)): services only

@@ -29,6 +29,7 @@ class ScopeJob(SystemdJob):
         self.main_pid = self.sentinel_pid = None
         self.pidfd = pidfd.NONE
         self.status: int | None = None
+        self.prepare_devices()
         self.enforced["private_tmp"] = Verdict(NOT_SENT, "scopes cannot be sandboxed")
         hold_r, self.hold_w = os.pipe2(os.O_CLOEXEC)
         self.sentinel_pid = _fork_sentinel(hold_r)
@@ -40,6 +41,9 @@ class ScopeJob(SystemdJob):
             self.main_pid = _fork_job(self.spec, stdio, go_r, err_w)
             os.close(err_w)
             err_w = -1
+            if self.spec.limits.allowed_cpus is not None:
+                # the child sets it too; set here, it is in force before it is read back
+                _try_affinity(self.main_pid, self.spec.limits.allowed_cpus)
             self.pidfd = pidfd.open_pidfd(self.main_pid)
             props = [properties.encode("PIDs", [self.main_pid, self.sentinel_pid])]
             self.start_unit(props + self.common_properties())
@@ -64,6 +68,9 @@ class ScopeJob(SystemdJob):
     def fds(self) -> list[int]:
         # without a pidfd, the runner wakes on SIGCHLD instead
         return [self.conn.fileno()] + ([self.pidfd] if self.pidfd != pidfd.NONE else [])
+
+    def job_pids(self) -> list[int]:
+        return [pid for pid in super().job_pids() if pid != self.sentinel_pid]
 
     def main_has_ended(self) -> bool:
         if self.status is None and self.main_pid:
@@ -147,8 +154,11 @@ def _fork_job(spec: JobSpec, stdio: tuple[int, int, int], go_r: int, err_w: int)
     pid = os.fork()
     if pid:
         return pid
-    stage = "standard input/output"
+    stage = "CPU affinity"
     try:  # child: wait until the scope exists, then become the job
+        if spec.limits.allowed_cpus is not None:  # no cpuset on cgroup v1: the affinity holds
+            os.sched_setaffinity(0, spec.limits.allowed_cpus)
+        stage = "standard input/output"
         child.dup_stdio(stdio)
         stage = "user/group"
         child.set_identity(spec.user, spec.group)
@@ -163,6 +173,13 @@ def _fork_job(spec: JobSpec, stdio: tuple[int, int, int], go_r: int, err_w: int)
         child.report_failure(err_w, stage, exc)
     finally:
         os._exit(127)
+
+
+def _try_affinity(pid: int, cpus: tuple[int, ...]) -> None:
+    try:
+        os.sched_setaffinity(pid, cpus)
+    except OSError:
+        pass  # the child's own call reports a failure; verify_limits says what held
 
 
 def _fork_sentinel(hold_r: int) -> int:

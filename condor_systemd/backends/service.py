@@ -6,7 +6,8 @@ Lifecycle::
       JobRemoved(start, done)        -> running: read the limits back from the unit's cgroup
       SubState=stop-sigterm          -> the main process ended and left processes: SIGKILL them
       SubState=stop-post             -> everything the job ran is gone; the cgroup is still there,
-                                        held by the ExecStopPost sleeper
+                                        held by the ExecStopPost sleeper (OOMPolicy=continue:
+                                        a late OOM event must not end the sleeper)
     collect: GetAll (exit status, Result) -> read accounting from the cgroup
              -> SIGKILL the sleeper -> UnitRemoved (CollectMode=inactive-or-failed)
 
@@ -48,6 +49,7 @@ class ServiceJob(SystemdJob):
     iface = SERVICE_IFACE
 
     def launch(self, stdio: tuple[int, int, int]) -> None:
+        self.prepare_devices()
         spec, enc = self.spec, properties.encode
         props = [enc("Type", "exec"),
                  enc("ExecStart", [(spec.executable, exec_argv(spec.argv), False)]),
@@ -58,6 +60,11 @@ class ServiceJob(SystemdJob):
                  enc("StandardErrorFileDescriptor", stdio[2]),
                  # holds the cgroup (and its accounting) until collect() has read it
                  enc("ExecStopPost", [(SLEEP, ["sleep", "infinity"], True)]),
+                 # An OOM kill seen while the unit is in stop-post makes systemd SIGKILL the
+                 # ExecStopPost holder (OOMPolicy=stop or kill), and the accounting goes with
+                 # the cgroup: the kernel's kill is left to speak for itself (memory.events
+                 # says oom_kill; the record's oom_killed).
+                 enc("OOMPolicy", "continue"),
                  enc("IgnoreSIGPIPE", False)]  # jobs expect SIGPIPE's default action
         props += self.inherited_properties(spec.inherit or Inheritance.of_process())
         if spec.user:
@@ -80,10 +87,10 @@ class ServiceJob(SystemdJob):
             props.append(enc("OOMScoreAdjust", inherit.oom_score_adj))
         if inherit.nice is not None and "Nice" not in asked:
             props.append(enc("Nice", inherit.nice))
-        if inherit.cpus is not None and self.spec.limits.allowed_cpus is None \
-                and inherit.cpus != _all_cpus():
-            # HTCondor's ASSIGN_CPU_AFFINITY: the job keeps to the CPUs the wrapper may use
-            props.append(enc("CPUAffinity", properties.cpu_mask(inherit.cpus)))
+        if self.spec.limits.allowed_cpus is not None and "CPUAffinity" not in asked:
+            # AllowedCPUs is a cpuset only where systemd manages cpusets (cgroup v2); the
+            # affinity holds every process of the job to the same CPUs on every layout
+            props.append(enc("CPUAffinity", properties.cpu_mask(self.spec.limits.allowed_cpus)))
         return props
 
     def environment(self) -> list[str]:
@@ -226,14 +233,3 @@ def _valid_env_value(value: str) -> bool:
         return False
     return all(c >= " " or c in "\t\n" for c in value) and "\x7f" not in value
 
-
-def _all_cpus() -> tuple[int, ...] | None:
-    """The CPUs online here: an affinity of all of them is no restriction worth passing on."""
-    from ..errors import UsageError
-    from ..spec import parse_cpu_list
-
-    try:
-        with open("/sys/devices/system/cpu/online") as f:
-            return parse_cpu_list(f.read().strip())
-    except (OSError, UsageError):  # unknown: pass the affinity on
-        return None

@@ -71,6 +71,7 @@ class SystemdBackend:
         return cls(conn, int(digits) if digits else 0)
 
     def start(self, spec: JobSpec, stdio: tuple[int, int, int], log: Log) -> ServiceJob | ScopeJob:
+        spec = spec.with_inherited_cpus()
         job: ServiceJob | ScopeJob = (ScopeJob if spec.scope else ServiceJob)(self, spec, log)
         try:
             job.launch(stdio)

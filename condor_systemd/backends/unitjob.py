@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import CondorSystemdError, LaunchError, UsageError
 from ..log import Log
 from ..spec import JobSpec
-from ..usage import NOT_SENT, UNKNOWN, Usage, Verdict
+from ..usage import AFFINITY, APPROXIMATE, IN_FORCE, NOT_IN_FORCE, NOT_SENT, UNKNOWN, Usage, Verdict
 from . import STOPPING, cgroupfs, pidfd, properties, record
 from .bus import BusError
 
@@ -115,7 +115,33 @@ class SystemdJob:
         if spec.log_fields:
             # journal fields are bytes to systemd: "aay", one FIELD=value each
             props.append(enc("LogExtraFields", [f.encode() for f in spec.log_fields]))
-        return props
+        return props + self.device_props
+
+    device_props: list = []
+    gpu_nodes: list[str] = []
+
+    def prepare_devices(self) -> None:
+        """GPUs as assigned (devices.py), decided before anything is created: an id that is
+        no GPU here, or one the job's user could not open anyway, refuses the job."""
+        from .. import devices
+
+        sandbox = self.spec.sandbox
+        present = devices.node_gpus()
+        if sandbox.gpus is None and not present:
+            return
+        nodes = [devices.resolve(gpu) for gpu in sandbox.gpus or ()]
+        uid, gids = devices.job_identity(self.spec.user, self.spec.group)
+        for gpu, node in zip(sandbox.gpus or (), nodes):
+            if not devices.may_open(node, uid, gids):
+                raise LaunchError(f"GPU '{gpu}': the job's user may not open {node}")
+        if sandbox.gpus is None:  # a GPU node, and no GPU given: none
+            self.spec = self.spec._replace(sandbox=sandbox._replace(gpus=()))
+        self.gpu_nodes = nodes
+        enc = properties.encode
+        self.device_props = [enc("DevicePolicy", "closed"),
+                             enc("DeviceAllow", devices.allow_list(nodes))]
+        hidden = [p for p in present if p not in nodes]
+        self.log.info(f"GPUs: {', '.join(nodes) or 'none'} (hidden: {', '.join(hidden) or '-'})")
 
     def filter_properties(self, props: list) -> list:
         """Drop what this manager (version) or unit type cannot take, and say so."""
@@ -215,6 +241,7 @@ class SystemdJob:
         self.cgroup = cgroupfs.unit_cgroup(self.layout, self.spec.slice, self.spec.unit_name) \
             or self.get_all(self.iface).get("ControlGroup") or None
         self.verify_limits()
+        self.verify_devices()
         self.log.info(f"started {self.spec.description}")
         self.has_ended()
 
@@ -266,9 +293,56 @@ class SystemdJob:
             return
         actual = cgroupfs.read_limits(self.layout, self.cgroup)
         for key, verdict in cgroupfs.verify(asked, actual, self.layout).items():
+            if key == "allowed_cpus" and "allowed_cpus" not in actual:
+                verdict = self.affinity_verdict(str(asked[key]))  # no cpuset: the affinity
             self.enforced[key] = verdict
             if not verdict.enforced:
                 self.log.notice(f"{key}: {verdict.render()}")
+
+    def verify_devices(self) -> None:
+        """The GPUs' filter, read back where the kernel shows it (cgroup v1 devices.list)."""
+        if not self.device_props or "gpus" in self.enforced:
+            return
+        rules = cgroupfs.device_rules(self.layout, self.cgroup) if self.cgroup else None
+        if rules is None:
+            self.enforced["gpus"] = Verdict(
+                UNKNOWN, "DevicePolicy=closed: the kernel holds cgroup v2 device filters as "
+                         "BPF programs, which it does not show back as rules")
+            return
+        from .. import devices
+
+        wanted = {devices.rule_of(node) for node in self.gpu_nodes}
+        if "a *:* rwm" in rules or not wanted <= set(rules) or any(
+                rule.startswith(f"c {devices.NVIDIA_MAJOR}:") and rule not in wanted
+                and not devices.is_control_rule(rule) for rule in rules):
+            self.enforced["gpus"] = Verdict(NOT_IN_FORCE, "devices.list has " + "; ".join(
+                r for r in rules if r.startswith(("a ", f"c {devices.NVIDIA_MAJOR}:")))[:300])
+        else:
+            self.enforced["gpus"] = IN_FORCE
+
+    def job_pids(self) -> list[int]:
+        """The processes of the job now (the unit's, but ours that only hold it)."""
+        if not self.cgroup:
+            return []
+        return cgroupfs.procs(self.layout, self.cgroup) or []
+
+    def affinity_verdict(self, asked: str) -> Verdict:
+        """allowed_cpus where systemd sets no cpuset: CPUAffinity= (services) or
+        sched_setaffinity (scopes) holds each process of the job, as /proc says."""
+        from ..spec import format_cpu_list
+
+        seen = {pid: cpus for pid in self.job_pids()
+                if (cpus := cgroupfs.cpus_allowed(pid)) is not None}
+        wrong = {pid: format_cpu_list(cpus) for pid, cpus in seen.items()
+                 if format_cpu_list(cpus) != asked}
+        if wrong:
+            pid, got = next(iter(wrong.items()))
+            return Verdict(NOT_IN_FORCE, f"asked {asked}, process {pid} of the job may run on "
+                                         f"CPUs {got}")
+        if not seen:
+            return Verdict(UNKNOWN, "the job's processes ended before their CPU affinity could "
+                                    "be read")
+        return Verdict(APPROXIMATE, AFFINITY + " (systemd manages cpusets only on cgroup v2)")
 
     # -- control -----------------------------------------------------------------------------
     def send_signal(self, signum: int) -> None:

@@ -129,8 +129,10 @@ def spec_from_state(data: dict[str, Any]) -> JobSpec:
     fields["log_fields"] = tuple(fields.get("log_fields", ()))
     fields["tmp_binds"] = tuple(fields.get("tmp_binds", ()))
     fields["environment"], fields["inherit"] = {}, None
-    return JobSpec(limits=Limits(**limits), sandbox=Sandbox(**fields.pop("sandbox", {})),
-                   **fields)
+    sandbox = dict(fields.pop("sandbox", {}))
+    if sandbox.get("gpus") is not None:
+        sandbox["gpus"] = tuple(sandbox["gpus"])
+    return JobSpec(limits=Limits(**limits), sandbox=Sandbox(**sandbox), **fields)
 
 
 def verdicts_to_state(enforced: dict[str, Verdict]) -> dict[str, list[str]]:

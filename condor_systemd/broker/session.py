@@ -161,6 +161,8 @@ class Session:
             self.forget_kept()
             self.release_held_fds()
             self.log.error(str(exc))
+            if isinstance(exc, UsageError):
+                return interface.reply_error(interface.USAGE_ERROR, message=str(exc))
             return interface.reply_error(interface.LAUNCH_FAILED, message=str(exc),
                                          exit_code=exc.exit_code)
         self.remember()
@@ -319,7 +321,9 @@ class Session:
         self.saved_phase = job.phase if job else "starting"
         try:
             self.kept.save({
-                "spec": restart.spec_to_state(self.spec), "phase": self.saved_phase,
+                # the job's spec: the backend completes the caller's (its CPU set)
+                "spec": restart.spec_to_state(job.spec if job else self.spec),
+                "phase": self.saved_phase,
                 "uid": self.peer.uid, "gid": self.peer.gid, "pid": self.peer.pid,
                 "cgroup": job.cgroup if job else None,
                 "enforced": restart.verdicts_to_state(job.enforced if job else {}),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
+
+import pytest
 
 from tests.jobs import PY
 
@@ -118,6 +121,8 @@ print(json.dumps({
                                                            read(cpu + "/cpu.cfs_period_us")])),
     "tasks_max": read(v2 + "/pids.max", pids + "/pids.max"),
     "cpus": status["Cpus_allowed_list"].strip(),
+    "child_cpus": subprocess.run(["grep", "Cpus_allowed_list", "/proc/self/status"],
+                                 capture_output=True, text=True).stdout.split()[-1],
     "ionice": subprocess.run(["ionice", "-p", str(os.getpid())], capture_output=True,
                              text=True).stdout.strip(),
 }))
@@ -138,8 +143,11 @@ def test_limits_are_enforced_as_the_record_says(jobs):
     enforced = {key: kind(value) for key, value in usage["enforced"].items()}
     assert set(enforced) >= {"memory_max", "memory_high", "cpu_quota_percent", "tasks_max",
                              "allowed_cpus", "io_weight", "private_tmp"}
+    # every process of the job keeps to CPU 0 on every tier: a cpuset where systemd manages
+    # one (v2), else its affinity, which the job could widen (README's table)
+    assert seen["cpus"] == seen["child_cpus"] == "0", seen
     if not jobs.expect.has_unit:  # the fallback (README's table): affinity and ionice hold
-        assert seen["cpus"] == "0" and enforced["allowed_cpus"] is True
+        assert usage["enforced"]["allowed_cpus"].startswith("approximate: affinity:")
         assert seen["ionice"] == "best-effort: prio 3" and enforced["io_weight"] == "approximate"
         assert enforced["memory_max"] == "approximate"  # the watchdog: test_memory_max_oom...
         for key in ("memory_high", "cpu_quota_percent", "tasks_max"):  # tasks_max: as root
@@ -151,12 +159,30 @@ def test_limits_are_enforced_as_the_record_says(jobs):
     assert seen["tasks_max"] == "64" and enforced["tasks_max"] is True
     assert seen["cpu"] == "100000 100000" and enforced["cpu_quota_percent"] is True
     if usage["cgroup_layout"] == "unified":
-        assert seen["cpus"] == "0" and enforced["allowed_cpus"] is True
+        assert enforced["allowed_cpus"] is True  # the cgroup's cpuset.cpus
         assert seen["memory_high"] == str(200 << 20) and enforced["memory_high"] is True
     else:  # what the v1/hybrid tier cannot enforce is said, not claimed, and really not held
         assert seen["memory_high"] is None and enforced["memory_high"] == "not enforced"
-        if os.cpu_count() and os.cpu_count() > 1:
-            assert seen["cpus"] != "0" and enforced["allowed_cpus"] == "not enforced"
+        assert usage["enforced"]["allowed_cpus"].startswith("approximate: affinity:")
+
+
+def test_the_wrappers_cpu_affinity_is_the_jobs_cpu_set(jobs):
+    """HTCondor's ASSIGN_CPU_AFFINITY: without --allowed-cpus, every process of the job keeps
+    to the CPUs its wrapper may use (taskset here), a cpuset where systemd manages one."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two CPUs to confine a job to one of them")
+    usage_file = jobs.usage_path()
+    line = shlex.join(["taskset", "-c", "1", *jobs.wrapper(), "run", *jobs.run_args(),
+                       "--usage-file", str(usage_file), "--", PY, "-c", OWN_LIMITS])
+    proc = jobs.shell(line)
+    assert proc.returncode == 0, proc.stderr
+    seen, usage = json.loads(proc.stdout), json.loads(usage_file.read_text())
+    assert seen["cpus"] == seen["child_cpus"] == "1", seen
+    assert usage["limits"]["allowed_cpus"] == "1"
+    if jobs.expect.has_unit and usage["cgroup_layout"] == "unified":
+        assert usage["enforced"]["allowed_cpus"] is True
+    else:
+        assert usage["enforced"]["allowed_cpus"].startswith("approximate: affinity:")
 
 
 def test_property_unknown_to_this_systemd_is_not_sent_and_recorded(jobs):

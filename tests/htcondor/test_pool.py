@@ -188,11 +188,24 @@ def test_a_node_whose_broker_is_down_requeues_its_job_and_steps_aside_until_it_i
     assert ad["ExitCode"] == 5 and (work / "out").read_text() == "ran\n", ad
 
 
-def queue_ad(cluster: int) -> dict:
+def queue_ad(cluster: int, work: Path | None = None) -> dict:
     out = subprocess.run(["condor_q", "-allusers", "-json", str(cluster)], capture_output=True,
                          text=True).stdout.strip()
-    assert out, f"job {cluster} left the queue"
+    assert out, f"job {cluster} left the queue:\n{left_the_queue(cluster, work)}"
     return json.loads(out)[0]
+
+
+def left_the_queue(cluster: int, work: Path | None) -> str:
+    """What a job that left the queue unexpectedly leaves behind: its history ad, its stderr
+    and user log, the execute node's and the shadow's last words."""
+    parts = [subprocess.run(["condor_history", "-l", "-limit", "1", str(cluster)],
+                            capture_output=True, text=True).stdout]
+    files = [work / "err", work / "log"] if work else []
+    files += sorted(Path("/var/log/condor").glob("St*Log*")) + [Path("/var/log/condor/ShadowLog")]
+    for path in files:
+        text = path.read_text(errors="replace") if path.exists() else "(none)"
+        parts.append(f"--- {path}:\n{text[-3000:]}")
+    return "\n".join(parts)
 
 
 BURN = """\
@@ -285,7 +298,7 @@ def test_a_job_over_its_memory_is_held_in_htcondors_words(pool, tmp_path):
                            "output = out\nerror = err\nlog = log\nshould_transfer_files = NO")
     try:
         deadline = time.monotonic() + 180
-        while (ad := queue_ad(cluster))["JobStatus"] != 5:
+        while (ad := queue_ad(cluster, work))["JobStatus"] != 5:
             assert ad["JobStatus"] in (1, 2), ad
             assert time.monotonic() < deadline, f"the job was never held: {ad}"
             time.sleep(1)

@@ -34,13 +34,13 @@ def test_journal_shows_the_lifecycle(jobs):
 
 def test_log_file_gets_the_diagnostics_and_the_job_output_stays_clean(jobs):
     log = jobs.work / "csd.log"
-    proc = jobs.run("--log-file", str(log), "--allowed-cpus", "0", "--", "echo", "job-output")
+    proc = jobs.run("--log-file", str(log), "--memory-high", "100M", "--", "echo", "job-output")
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "job-output\n", "")
     text = log.read_text()
     assert "started HTCondor job" in text and "finished: exit code 0" in text
     hybrid = jobs.inside("test", "-d", "/sys/fs/cgroup/unified").returncode == 0
     if hybrid:  # what is not enforced is said, in the log, not in the job's output
-        assert "allowed_cpus: not enforced" in text
+        assert "memory_high: not enforced" in text
 
 
 def test_notices_reach_a_terminal_but_never_a_file(jobs):

@@ -7,6 +7,8 @@ import os
 import signal
 import sys
 
+import pytest
+
 from tests.behaviour.test_kill import ESCAPEES
 from tests.jobs import PY, wait_files
 
@@ -34,6 +36,22 @@ def test_scope_accounting_and_no_escapees(jobs):
     assert usage["enforced"]["memory_max"] is True
     assert usage["enforced"]["private_tmp"].startswith("not sent")
     assert jobs.processes("^sleep 4242") == []
+
+
+def test_scope_allowed_cpus_hold_every_process(jobs):
+    """A scope's processes are forked by the wrapper: their affinity is set before exec (and
+    a cpuset on v2), read back for the record."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two CPUs to confine a job to one of them")
+    show = "grep Cpus_allowed_list /proc/self/status"
+    proc, usage = jobs.run_with_usage("--scope", "--allowed-cpus", "1", "--",
+                                      "sh", "-c", f"{show}; sleep 0.5; sh -c '{show}'")
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[-1] for line in proc.stdout.splitlines()] == ["1", "1"], proc.stdout
+    if usage["cgroup_layout"] == "unified":
+        assert usage["enforced"]["allowed_cpus"] is True
+    else:
+        assert usage["enforced"]["allowed_cpus"].startswith("approximate: affinity:"), usage
 
 
 def test_scope_forwards_sigterm(jobs):

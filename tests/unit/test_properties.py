@@ -156,6 +156,9 @@ DOCUMENTED = {
     "TasksAccounting": ("TasksAccounting", "b"),
     "OOMPolicy": ("OOMPolicy", "s"),
     "ManagedOOMMemoryPressure": ("ManagedOOMMemoryPressure", "s"),
+    # dbus-cgroup.c: SD_BUS_PROPERTY("DevicePolicy", "s", ...), ("DeviceAllow", "a(ss)", ...)
+    "DevicePolicy": ("DevicePolicy", "s"),
+    "DeviceAllow": ("DeviceAllow", "a(ss)"),
     "PrivateTmp": ("PrivateTmp", "b"),
     "PrivateUsers": ("PrivateUsers", "b"),
     "PrivateDevices": ("PrivateDevices", "b"),
@@ -216,6 +219,7 @@ SCOPE_ACCEPTS = {
     "MemoryHigh", "MemoryLow", "MemoryMin", "MemorySwapMax", "MemoryZSwapMax", "IOWeight",
     "TasksMax", "CPUAccounting", "MemoryAccounting", "IOAccounting", "TasksAccounting",
     "ManagedOOMMemoryPressure", "OOMPolicy", "RuntimeMaxUSec", "Description", "Slice",
+    "DevicePolicy", "DeviceAllow",
     "CollectMode", "KillMode", "TimeoutStopUSec", "PIDs",
 }
 # The Scope interface has these too, but the table sends them to services only (one `since`
