@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--private-users", action="store_true", help="PrivateUsers=yes")
     add("--protect-system", nargs="?", const="strict", choices=PROTECT_SYSTEM_VALUES,
         help="ProtectSystem (default when given: strict, with the working directory writable)")
+    add("--isolate", action="store_true",
+        help="a PID namespace of its own, and only its own directory of the execute root")
     add("--gpus", metavar="LIST",
         help="the GPUs the job may open (N, CUDAN or GPU-<uuid>, comma-separated; 'none'); "
              "default: $_CONDOR_AssignedGPUs, else $CUDA_VISIBLE_DEVICES")
@@ -176,7 +178,7 @@ def spec_from_args(args: argparse.Namespace, environ: dict[str, str],
     if gpus:
         devices.check(gpus, given=args.gpus is not None)
     sandbox = {"private_tmp": args.private_tmp, "private_users": args.private_users,
-               "protect_system": args.protect_system, "gpus": gpus}
+               "protect_system": args.protect_system, "gpus": gpus, "isolate": args.isolate}
     extra = []
     limit_of = {prop: field for field, prop in LIMIT_PROPERTY.items()}
     sandbox_of = {prop: field for field, prop in SANDBOX_PROPERTY.items()}

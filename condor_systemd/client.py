@@ -120,6 +120,10 @@ class _Client:
         for name, fd in _scratch_tmp(self.environ):
             parameters[name] = len(fds)
             fds.append(fd)
+        own = _own_directory(self.environ, cwd)  # for --isolate, asked or the site's default
+        if own is not None:
+            parameters["scratch"] = len(fds)
+            fds.append(own)
         sock = self.connect()
         try:
             varlink.send(sock, {"method": f"{INTERFACE}.Run", "parameters": parameters,
@@ -284,6 +288,17 @@ def _scratch_tmp(environ: dict[str, str]) -> list[tuple[str, int]]:
             os.close(fd)
         return []
     return opened
+
+
+def _own_directory(environ: dict[str, str], cwd: str) -> int | None:
+    """--isolate: the job's own directory (HTCondor's scratch directory, else the working
+    one), opened as the caller; the broker binds it from this fd, not from a path."""
+    scratch = environ.get("_CONDOR_SCRATCH_DIR", "")
+    try:
+        return os.open(scratch if scratch.startswith("/") else cwd,
+                       os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None  # the broker says so
 
 
 def _job_ids(environ: dict[str, str]) -> dict:

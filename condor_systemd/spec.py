@@ -169,6 +169,7 @@ class Sandbox(NamedTuple):
     private_users: bool = False
     protect_system: str | None = None  # "yes" | "full" | "strict"
     gpus: tuple[str, ...] | None = None  # GPU ids the job may open; None: no device rules
+    isolate: bool = False  # its own PID namespace, and of the execute root its own directory
 
     def asked(self) -> dict[str, object]:
         out: dict[str, object] = {"private_tmp": self.private_tmp}
@@ -178,6 +179,8 @@ class Sandbox(NamedTuple):
             out["protect_system"] = self.protect_system
         if self.gpus is not None:
             out["gpus"] = ",".join(self.gpus) or "none"
+        if self.isolate:
+            out["isolate"] = True
         return out
 
 
@@ -306,6 +309,15 @@ class _JobSpecFields(NamedTuple):
     # The job's /tmp and /var/tmp: directories to bind there instead of PrivateTmp (the
     # broker's /proc/self/fd paths of the HTCondor scratch directory's tmp and var/tmp).
     tmp_binds: tuple[str, ...] = ()
+    # --isolate through the broker: the caller's scratch directory, as the broker's
+    # /proc/self/fd path of the directory the caller opened (None: the path itself, as root)
+    scratch_bind: str | None = None
+
+    @property
+    def scratch_dir(self) -> str:
+        """The job's own directory: HTCondor's scratch directory, else the working one."""
+        scratch = self.environment.get("_CONDOR_SCRATCH_DIR", "")
+        return scratch if scratch.startswith("/") else self.cwd
 
 
 
@@ -323,6 +335,8 @@ class JobSpec(_JobSpecFields):
         check_slice(self.slice)
         if not self.argv:
             raise UsageError("missing command")
+        if self.scope and self.sandbox.isolate:
+            raise UsageError("--isolate needs a service; scopes cannot be sandboxed")
         if self.scope and (self.sandbox.private_users or self.sandbox.protect_system):
             raise UsageError("--private-users and --protect-system need a service; "
                              "scopes cannot be sandboxed")

@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
 MAX_MESSAGE = 256 * 1024  # bytes of one frame, NUL included; also what a Reader may hold
-MAX_FDS = 5  # a job's stdin, stdout and stderr, and its HTCondor tmp and var/tmp
+MAX_FDS = 6  # a job's stdin, stdout and stderr, its HTCondor tmp and var/tmp, its own directory
 MAX_OUTBOX = 1024 * 1024  # unsent bytes a peer may leave behind before it is cut off
 _INT = 4  # sizeof(int): an fd in SCM_RIGHTS (the array module would import collections)
 _READ_SIZE = 64 * 1024  # larger reads make each recvmsg() mmap a fresh buffer

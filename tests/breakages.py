@@ -215,6 +215,19 @@ BREAKAGES = (
              "            if False:",
              ("tests/behaviour/test_devices.py::test_a_gpu_the_user_could_not_open_is_not_"
               "granted[broker]",)),
+    Breakage("--isolate without a PID namespace", SERVICE,
+             "        if spec.sandbox.isolate:  # pidns.py", "        if False:  # pidns.py",
+             ("tests/behaviour/test_isolation.py::test_two_jobs_of_one_user_cannot_touch_each_"
+              "other" + SD,)),
+    Breakage("--isolate shows the whole execute root", SERVICE,
+             "            props += self.isolation_properties()\n", "",
+             ("tests/behaviour/test_isolation.py::test_two_jobs_of_one_user_cannot_touch_each_"
+              "other[broker]",)),
+    Breakage("the broker binds a job directory that is not the caller's",
+             "condor_systemd/broker/scratch.py",
+             "    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:\n        return None",
+             "    if not stat.S_ISDIR(st.st_mode):\n        return None",
+             (BRK + "test_isolate_binds_only_the_callers_own_directory",)),
 )
 
 

@@ -147,6 +147,19 @@ def cpus_allowed(pid: int) -> tuple[int, ...] | None:
     return None
 
 
+def pid_namespace_depth(pid: int | str) -> int | None:
+    """How many PID namespaces deep a process is (the NSpid line of /proc/PID/status, which,
+    unlike /proc/PID/ns, needs no ptrace rights over it); None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return len(line.split()) - 1
+    except OSError:
+        pass
+    return None
+
+
 def device_rules(layout: Layout, cgroup: str) -> list[str] | None:
     """cgroup v1's devices.list of the unit ("c 195:0 rw", ...); None where there is none
     (on v2 the filter is a BPF program, which the kernel does not show back as rules)."""

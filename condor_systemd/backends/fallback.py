@@ -155,6 +155,9 @@ class FamilyJob:
         if sandbox.gpus is not None:
             put("gpus", NOT_ENFORCED, "a device filter needs a cgroup: every GPU the user may "
                                       "open stays open")
+        if sandbox.isolate:
+            put("isolate", NOT_ENFORCED, "needs systemd: the job sees every process of its user "
+                                         "and the whole execute root")
         if sandbox.private_users:
             put("private_users", NOT_ENFORCED, "needs systemd")
         if sandbox.protect_system:

@@ -182,6 +182,7 @@ TABLE: dict[str, Prop] = {
     "Environment": Prop("Environment", "as", None, 1, services_only=True),
     "LogExtraFields": Prop("LogExtraFields", "aay", None, 236, services_only=True),
     "BindPaths": Prop("BindPaths", "a(ssbt)", None, 233, services_only=True),
+    "TemporaryFileSystem": Prop("TemporaryFileSystem", "a(ss)", None, 238, services_only=True),
     "StandardInputFileDescriptor": Prop("StandardInputFileDescriptor", "h", None, 1,
                                         services_only=True),
     "StandardOutputFileDescriptor": Prop("StandardOutputFileDescriptor", "h", None, 1,

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
+from ..errors import UsageError
 from ..spec import Inheritance
 from ..usage import OFF, Usage, Verdict
 from . import cgroupfs, child, properties
@@ -43,6 +45,11 @@ PER_UNIT_VARIABLES = frozenset((
     "STATE_DIRECTORY", "CACHE_DIRECTORY", "LOGS_DIRECTORY", "CONFIGURATION_DIRECTORY",
     "MEMORY_PRESSURE_WATCH", "MEMORY_PRESSURE_WRITE"))
 SLEEP = next((p for p in ("/usr/bin/sleep", "/bin/sleep") if os.path.exists(p)), "/bin/sleep")
+PIDNS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pidns.py")
+# the distribution's interpreter: the job's user must be able to run it (a venv under /root
+# is not theirs to run); pidns.py needs nothing but the standard library
+ISOLATION_PYTHON = next((p for p in ("/usr/bin/python3", sys.executable) if os.access(p, os.X_OK)),
+                        sys.executable)
 
 
 class ServiceJob(SystemdJob):
@@ -51,8 +58,14 @@ class ServiceJob(SystemdJob):
     def launch(self, stdio: tuple[int, int, int]) -> None:
         self.prepare_devices()
         spec, enc = self.spec, properties.encode
-        props = [enc("Type", "exec"),
-                 enc("ExecStart", [(spec.executable, exec_argv(spec.argv), False)]),
+        start = (spec.executable, exec_argv(spec.argv))
+        if spec.sandbox.isolate:  # pidns.py: PID 1 of the job's own PID namespace
+            python = ISOLATION_PYTHON
+            # its source, not its path: a checkout under /tmp is hidden by PrivateTmp
+            start = (python, [python, "-I", "-S", "-c", exec_argv((pidns_source(),))[0], "--",
+                              *exec_argv((spec.executable, *spec.argv))])
+        props = [enc("Type", "notify" if spec.sandbox.isolate else "exec"),
+                 enc("ExecStart", [(*start, False)]),
                  enc("WorkingDirectory", spec.cwd),
                  enc("Environment", self.environment()),
                  enc("StandardInputFileDescriptor", stdio[0]),
@@ -120,6 +133,8 @@ class ServiceJob(SystemdJob):
                 props.append(enc("PrivateTmp", True))
         if sandbox.private_users:
             props.append(enc("PrivateUsers", True))
+        if sandbox.isolate:
+            props += self.isolation_properties()
         if sandbox.protect_system:
             props.append(enc("ProtectSystem", sandbox.protect_system))
             if sandbox.protect_system == "strict":  # the job must still write its own sandbox
@@ -129,6 +144,20 @@ class ServiceJob(SystemdJob):
                     rw.append(scratch)
                 props.append(enc("ReadWritePaths", rw))
         return props
+
+    def isolation_properties(self) -> list:
+        """--isolate's file system half: of the execute root (the parent of the job's own
+        directory), only the job's own directory is there; other processes are hidden from
+        /proc where systemd can (ProtectProc=invisible); the PID namespace is pidns.py's."""
+        enc = properties.encode
+        scratch = os.path.normpath(self.spec.scratch_dir)
+        root = os.path.dirname(scratch)
+        if root == "/":
+            raise UsageError(f"--isolate: the job's directory {scratch} is at the top of the "
+                             "file system: there is no execute root to hide")
+        return [enc("TemporaryFileSystem", [(root, "ro,mode=0755")]),
+                enc("BindPaths", [(self.spec.scratch_bind or scratch, scratch, False, 0)]),
+                enc("ProtectProc", "invisible")]
 
     def main_has_ended(self) -> bool:
         if self.sub_state in ("stop-sigterm", "stop-sigkill") and not self.leftovers_killed \
@@ -214,6 +243,17 @@ class ServiceJob(SystemdJob):
             self.wait_for(lambda: self.released, CLEANUP_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - best effort: the wrapper is failing already
             self.log.warning(f"cleaning up after an error: {exc}")
+
+
+def pidns_source() -> str:
+    """pidns.py, to run with -c (read once)."""
+    if not _PIDNS_SOURCE:
+        with open(PIDNS, encoding="utf-8") as f:
+            _PIDNS_SOURCE.append(f.read())
+    return _PIDNS_SOURCE[0]
+
+
+_PIDNS_SOURCE: list[str] = []
 
 
 def exec_argv(argv: tuple[str, ...]) -> list[str]:

@@ -242,6 +242,7 @@ class SystemdJob:
             or self.get_all(self.iface).get("ControlGroup") or None
         self.verify_limits()
         self.verify_devices()
+        self.verify_isolation()
         self.log.info(f"started {self.spec.description}")
         self.has_ended()
 
@@ -319,6 +320,23 @@ class SystemdJob:
                 r for r in rules if r.startswith(("a ", f"c {devices.NVIDIA_MAJOR}:")))[:300])
         else:
             self.enforced["gpus"] = IN_FORCE
+
+    def verify_isolation(self) -> None:
+        """--isolate: the job's processes are in a PID namespace below ours, as /proc says
+        (the unit is started once pidns.py has made it: Type=notify)."""
+        if not self.spec.sandbox.isolate or "isolate" in self.enforced:
+            return
+        ours = cgroupfs.pid_namespace_depth("self") or 0
+        depths = [d for pid in self.job_pids()
+                  if (d := cgroupfs.pid_namespace_depth(pid)) is not None]
+        if any(d > ours for d in depths):
+            self.enforced["isolate"] = IN_FORCE
+        elif depths:
+            self.enforced["isolate"] = Verdict(NOT_IN_FORCE, "no process of the job is in a "
+                                                             "PID namespace of its own")
+        else:
+            self.enforced["isolate"] = Verdict(UNKNOWN, "the job's processes ended before "
+                                                        "their PID namespace could be read")
 
     def job_pids(self) -> list[int]:
         """The processes of the job now (the unit's, but ours that only hold it)."""

@@ -75,7 +75,10 @@ method Run(
   # indexes, into the fds, of the HTCondor scratch directory's tmp and
   # var/tmp (O_PATH fds): the job's /tmp and /var/tmp, instead of private ones
   tmp: ?int,
-  var_tmp: ?int
+  var_tmp: ?int,
+  # --isolate: index of the job's own directory (O_PATH; HTCondor's scratch
+  # directory, else the working one), the one part of its parent it sees
+  scratch: ?int
 ) -> (
   unit: ?string,
   usage_file: ?string,

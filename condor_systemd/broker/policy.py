@@ -46,6 +46,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "properties": {
         "allow": [],                 # more -p properties non-root callers may set
     },
+    "sandbox": {
+        "isolate": False,            # true: every non-root caller's job as with --isolate
+    },
     "htcondor": {  # the unit of a job under HTCondor, from its slot (htcondor.py)
         "memory_limit": "hard",      # the slot's Memory as MemoryMax; "soft": MemoryHigh; "none"
         "allow_swap": False,         # false: MemorySwapMax=0, as DISABLE_SWAP_FOR_JOB
@@ -82,6 +85,7 @@ class Policy:
         self.cap_by_caller_cgroup = bool(limits["cap_by_caller_cgroup"])
         self.allowed = ALLOWED | frozenset(settings["properties"]["allow"])
         self.htcondor = Mapping.from_settings(settings["htcondor"])
+        self.isolate = bool(settings["sandbox"]["isolate"])
 
     @classmethod
     def load(cls, path: str = POLICY_FILE) -> Policy:
@@ -141,8 +145,12 @@ class Policy:
             stop_timeout = self.max_stop_timeout
         properties = tuple(self._capped_property(name, text, inherit, capped)
                            for name, text in spec.properties)
+        sandbox = spec.sandbox
+        if self.isolate and not sandbox.isolate:
+            sandbox = sandbox._replace(isolate=True)
+            capped.append(("isolate", "the broker's policy isolates every job"))
         spec = spec._replace(user=str(uid), group=str(gid), limits=limits,
-                             stop_timeout=stop_timeout, properties=properties)
+                             stop_timeout=stop_timeout, properties=properties, sandbox=sandbox)
         return spec, capped
 
     def _capped_limits(self, limits: Limits, caps: Caps, capped: list) -> Limits:

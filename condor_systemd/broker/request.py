@@ -7,12 +7,13 @@ Parameters are type-checked (interface.py), the options go through the same pars
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import LaunchError, UsageError
 from ..spec import Inheritance, JobSpec
 from . import interface, peer
-from .scratch import job_tmp, proc_path
+from .scratch import job_tmp, own_directory, proc_path
 
 if TYPE_CHECKING:
     import argparse
@@ -51,6 +52,10 @@ def prepare(parameters: dict, fds: list[int], caller: peer.Peer, policy: Policy,
         tmp_dirs = tuple(interface.check_directory(
             fds, interface.integer(parameters, name, 0, len(fds) - 1), name)
             for name in ("tmp", "var_tmp"))
+    scratch_dir = None
+    if parameters.get("scratch") is not None:
+        scratch_dir = interface.check_directory(
+            fds, interface.integer(parameters, "scratch", 0, len(fds) - 1), "scratch")
     facts = parameters.get("htcondor")
     if facts is not None:
         from ..htcondor import Facts
@@ -90,6 +95,15 @@ def prepare(parameters: dict, fds: list[int], caller: peer.Peer, policy: Policy,
             capped.append(("private_tmp", f"PrivateTmp instead of the scratch directory: {why}"))
         else:
             spec = spec._replace(tmp_binds=tuple(proc_path(fd) for fd in held))
+    if spec.sandbox.isolate and caller.uid != 0:
+        own = own_directory(scratch_dir, caller.uid) if scratch_dir is not None else None
+        if own is None:
+            for fd in held:
+                os.close(fd)
+            raise UsageError(f"--isolate: the job's directory {spec.scratch_dir} is not a "
+                             "directory of the caller's")
+        held.append(own)
+        spec = spec._replace(scratch_bind=proc_path(own))
     return Request(spec._replace(inherit=inherit), stdio, caps, capped, args.usage_file,
                    args.usage_format, args.log_file, held)
 

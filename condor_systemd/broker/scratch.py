@@ -31,3 +31,12 @@ def job_tmp(fds: tuple[int, int], uid: int) -> tuple[list[int], str | None]:
 def proc_path(fd: int) -> str:
     """What BindPaths= gets: the path through this process's fd names the directory itself."""
     return f"/proc/{os.getpid()}/fd/{fd}"
+
+
+def own_directory(fd: int, uid: int) -> int | None:
+    """--isolate: our copy of the job's own directory, if it is a directory of the caller's
+    (the one part of the execute root the job sees, bound from this fd); None otherwise."""
+    st = os.fstat(fd)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+        return None
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)

@@ -437,3 +437,15 @@ def test_a_scratch_tmp_that_is_not_the_callers_is_not_bound(jobs, tmp, var_tmp_o
     assert proc.returncode == 0, proc.stderr
     assert usage["capped"]["private_tmp"] == f"PrivateTmp instead of the scratch directory: {why}"
     assert not (scratch / "var" / "tmp" / "a").exists()
+
+
+def test_isolate_binds_only_the_callers_own_directory(jobs):
+    """--isolate binds the job's own directory into its emptied execute root, from the fd the
+    caller opened: a scratch directory that is somebody else's (a symlink to root's /etc) is
+    refused before anything starts, never bound from its path."""
+    link = jobs.work / "scratch"
+    link.symlink_to("/etc")
+    proc = jobs.run("--isolate", "--", "true", env=dict(os.environ, _CONDOR_SCRATCH_DIR=str(link)))
+    assert proc.returncode == 2, proc
+    assert proc.stderr == (f"condor-systemd: --isolate: the job's directory {link} is not a "
+                           "directory of the caller's\n")

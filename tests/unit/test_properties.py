@@ -187,6 +187,8 @@ DOCUMENTED = {
     "Environment": ("Environment", "as"),
     "LogExtraFields": ("LogExtraFields", "aay"),
     "BindPaths": ("BindPaths", "a(ssbt)"),
+    # dbus-execute.c: SD_BUS_PROPERTY("TemporaryFileSystem", "a(ss)", ...)
+    "TemporaryFileSystem": ("TemporaryFileSystem", "a(ss)"),
     "StandardInputFileDescriptor": ("StandardInputFileDescriptor", "h"),
     "StandardOutputFileDescriptor": ("StandardOutputFileDescriptor", "h"),
     "StandardErrorFileDescriptor": ("StandardErrorFileDescriptor", "h"),
