@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--allowed-cpus", metavar="LIST", type=_typed(parse_cpu_list), help="e.g. 0-3,8")
     add("--io-weight", metavar="N", type=_int_range("IO weight", 1, 10000), help="1-10000")
     add("--tasks-max", metavar="N", type=_int_range("tasks limit", 1, 2**62), help="TasksMax")
+    for kind in ("read", "write"):
+        add(f"--io-{kind}-bandwidth", metavar="SIZE", type=_typed(parse_size),
+            help=f"IO{kind.title()}BandwidthMax (bytes/s, e.g. 10M) on the disk of the job's "
+                 "directory")
+        add(f"--io-{kind}-iops", metavar="N", type=_int_range(f"{kind} IOPS", 1, 2**62),
+            help=f"IO{kind.title()}IOPSMax on the disk of the job's directory")
     add("--private-tmp", action=argparse.BooleanOptionalAction, default=True,
         help="per-job /tmp and /var/tmp (default: on)")
     add("--private-users", action="store_true", help="PrivateUsers=yes")
@@ -171,7 +177,9 @@ def spec_from_args(args: argparse.Namespace, environ: dict[str, str],
     limits = {"cpu_quota_percent": args.cpu_quota if args.cpus is None else args.cpus * 100,
               "memory_max": args.memory, "memory_high": args.memory_high, "swap_max": args.swap,
               "allowed_cpus": args.allowed_cpus, "io_weight": args.io_weight,
-              "tasks_max": args.tasks_max}
+              "tasks_max": args.tasks_max, "io_read_bandwidth": args.io_read_bandwidth,
+              "io_write_bandwidth": args.io_write_bandwidth, "io_read_iops": args.io_read_iops,
+              "io_write_iops": args.io_write_iops}
     from . import devices
 
     gpus = devices.assigned_ids(args.gpus, environ)

@@ -154,6 +154,11 @@ class Limits(NamedTuple):
     allowed_cpus: tuple[int, ...] | None = None
     io_weight: int | None = None
     tasks_max: int | None = None
+    # caps on the block device under the job's directory (blockdev.py): bytes/s, and IOPS
+    io_read_bandwidth: int | None = None
+    io_write_bandwidth: int | None = None
+    io_read_iops: int | None = None
+    io_write_iops: int | None = None
 
     def asked(self) -> dict[str, object]:
         """The limits that were asked for, in the form the usage record shows them."""

@@ -238,13 +238,34 @@ def _limit_bytes(text: str | None) -> int | str | None:
     return int(text) if text.isdigit() else None
 
 
-def read_limits(layout: Layout, cgroup: str) -> dict[str, object]:
+IO_MAX_KEYS = {"rbps": "io_read_bandwidth", "wbps": "io_write_bandwidth",
+               "riops": "io_read_iops", "wiops": "io_write_iops"}
+BLKIO_THROTTLE = {"read_bps_device": "io_read_bandwidth", "write_bps_device": "io_write_bandwidth",
+                  "read_iops_device": "io_read_iops", "write_iops_device": "io_write_iops"}
+
+
+def read_limits(layout: Layout, cgroup: str, disk: str | None = None) -> dict[str, object]:
     """What the kernel has in force for the unit, keyed like Limits; missing files are absent.
+    disk ("MAJ:MIN"): also the I/O caps on that device (io.max; v1: blkio.throttle.*).
 
     Values: bytes / percent / CPU tuple / weight / count, or "unlimited".
     """
     out: dict[str, object] = {}
     v2 = layout.v2_dir(cgroup) if layout.kind == "unified" else None
+    if v2 and disk:
+        for line in (_read(_path(v2, "io.max")) or "").splitlines():
+            if line.split(" ", 1)[0] == disk:
+                for item in line.split()[1:]:
+                    name, _, text = item.partition("=")
+                    if name in IO_MAX_KEYS:
+                        out[IO_MAX_KEYS[name]] = UNLIMITED if text == "max" else int(text)
+    elif disk:
+        blkio = layout.v1_dir("blkio", cgroup)
+        for name, key in BLKIO_THROTTLE.items():
+            for line in (_read(_path(blkio, f"blkio.throttle.{name}")) or "").splitlines():
+                device, _, text = line.partition(" ")
+                if device == disk and text.strip().isdigit():
+                    out[key] = int(text)
     if v2:
         files = {"memory_max": "memory.max", "memory_high": "memory.high",
                  "swap_max": "memory.swap.max", "tasks_max": "pids.max"}
@@ -329,6 +350,8 @@ def _why_missing(key: str, layout: Layout) -> Verdict:
         "memory_high": "cgroup v1 has no memory.high",
         "swap_max": "systemd sets swap limits only on cgroup v2",
         "allowed_cpus": "systemd manages cpusets only on cgroup v2",
+        "io_read_iops": "systemd sets no blkio IOPS throttle on cgroup v1",
+        "io_write_iops": "systemd sets no blkio IOPS throttle on cgroup v1",
         "io_weight": "no blkio.weight in the unit's cgroup (cgroup v1 weights need the CFQ I/O "
                      "scheduler)",
     }

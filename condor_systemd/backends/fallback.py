@@ -143,6 +143,9 @@ class FamilyJob:
                              f"(ionice -c2 -n{setup.io_level}); only the BFQ scheduler honours it")
         if limits.tasks_max is not None:
             self.plan_tasks_max(limits.tasks_max, setup)
+        for key in ("io_read_bandwidth", "io_write_bandwidth", "io_read_iops", "io_write_iops"):
+            if getattr(limits, key) is not None:
+                put(key, NOT_ENFORCED, nothing + "throttles a job's I/O")
         if sandbox.private_tmp:
             conflict = child.private_tmp_conflict(spec.cwd, spec.executable)
             if conflict:

@@ -142,6 +142,11 @@ TABLE: dict[str, Prop] = {
     "IOAccounting": Prop("IOAccounting", "b", _bool, 230),
     "TasksAccounting": Prop("TasksAccounting", "b", _bool, 227),
     "OOMPolicy": Prop("OOMPolicy", "s", None, 243, services_only=True),
+    # managed: the disk of the job's directory (blockdev.py), [(device node, value)]
+    "IOReadBandwidthMax": Prop("IOReadBandwidthMax", "a(st)", None, 230),
+    "IOWriteBandwidthMax": Prop("IOWriteBandwidthMax", "a(st)", None, 230),
+    "IOReadIOPSMax": Prop("IOReadIOPSMax", "a(st)", None, 230),
+    "IOWriteIOPSMax": Prop("IOWriteIOPSMax", "a(st)", None, 230),
     "DevicePolicy": Prop("DevicePolicy", "s", None, 208),  # managed: GPUs (devices.py)
     "DeviceAllow": Prop("DeviceAllow", "a(ss)", None, 208),
     "ManagedOOMMemoryPressure": Prop("ManagedOOMMemoryPressure", "s",
@@ -215,6 +220,13 @@ LIMIT_PROPERTY = {
     "io_weight": "IOWeight",
     "tasks_max": "TasksMax",
 }
+# the limits on one block device: not -p settable (the device is the job directory's)
+IO_DEVICE_PROPERTY = {
+    "io_read_bandwidth": "IOReadBandwidthMax",
+    "io_write_bandwidth": "IOWriteBandwidthMax",
+    "io_read_iops": "IOReadIOPSMax",
+    "io_write_iops": "IOWriteIOPSMax",
+}
 SANDBOX_PROPERTY = {
     "private_tmp": "PrivateTmp",
     "private_users": "PrivateUsers",
@@ -271,7 +283,7 @@ def refused_by(error_text: str) -> str | None:
 
 def record_key(name: str) -> str:
     """The usage record's key for a property: a Limits/Sandbox field when it is one."""
-    for table in (LIMIT_PROPERTY, SANDBOX_PROPERTY):
+    for table in (LIMIT_PROPERTY, IO_DEVICE_PROPERTY, SANDBOX_PROPERTY):
         for key, prop_name in table.items():
             if prop_name == name:
                 return key

@@ -30,6 +30,7 @@ class ScopeJob(SystemdJob):
         self.pidfd = pidfd.NONE
         self.status: int | None = None
         self.prepare_devices()
+        self.prepare_io()
         self.enforced["private_tmp"] = Verdict(NOT_SENT, "scopes cannot be sandboxed")
         hold_r, self.hold_w = os.pipe2(os.O_CLOEXEC)
         self.sentinel_pid = _fork_sentinel(hold_r)

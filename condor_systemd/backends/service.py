@@ -57,6 +57,7 @@ class ServiceJob(SystemdJob):
 
     def launch(self, stdio: tuple[int, int, int]) -> None:
         self.prepare_devices()
+        self.prepare_io()
         spec, enc = self.spec, properties.encode
         start = (spec.executable, exec_argv(spec.argv))
         if spec.sandbox.isolate:  # pidns.py: PID 1 of the job's own PID namespace

@@ -22,11 +22,22 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import CondorSystemdError, LaunchError, UsageError
 from ..log import Log
 from ..spec import JobSpec
-from ..usage import AFFINITY, APPROXIMATE, IN_FORCE, NOT_IN_FORCE, NOT_SENT, UNKNOWN, Usage, Verdict
+from ..usage import (
+    AFFINITY,
+    APPROXIMATE,
+    IN_FORCE,
+    NOT_ENFORCED,
+    NOT_IN_FORCE,
+    NOT_SENT,
+    UNKNOWN,
+    Usage,
+    Verdict,
+)
 from . import STOPPING, cgroupfs, pidfd, properties, record
 from .bus import BusError
 
 if TYPE_CHECKING:
+    from ..blockdev import Disk
     from .systemd import SystemdBackend
 
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
@@ -115,7 +126,35 @@ class SystemdJob:
         if spec.log_fields:
             # journal fields are bytes to systemd: "aay", one FIELD=value each
             props.append(enc("LogExtraFields", [f.encode() for f in spec.log_fields]))
-        return props + self.device_props
+        return props + self.device_props + self.io_props
+
+    io_props: list = []
+    io_disk: Disk | None = None
+
+    def prepare_io(self) -> None:
+        """The I/O caps go on the whole disk under the job's directory (blockdev.py); where
+        there is none, the record says so. Through the broker the directory is the fd its
+        caller opened (no path is looked up on a caller's behalf)."""
+        from .. import blockdev
+
+        asked = {key: getattr(self.spec.limits, key) for key in properties.IO_DEVICE_PROPERTY}
+        asked = {key: value for key, value in asked.items() if value is not None}
+        if not asked:
+            return
+        where = self.spec.scratch_bind or self.spec.scratch_dir
+        try:
+            disk, why = blockdev.whole_disk(os.stat(where).st_dev)
+        except OSError as exc:
+            disk, why = None, f"cannot stat the job's directory: {exc.strerror}"
+        if disk is None:
+            for key in asked:
+                self.enforced[key] = Verdict(NOT_ENFORCED, why)
+                self.log.notice(f"{key}: not enforced: {why}")
+            return
+        self.io_disk = disk
+        self.io_props = [properties.encode(properties.IO_DEVICE_PROPERTY[key], [(disk.node, value)])
+                         for key, value in asked.items()]
+        self.log.info(f"I/O caps on {disk.node} ({disk.number}), the disk of {where}")
 
     device_props: list = []
     gpu_nodes: list[str] = []
@@ -292,7 +331,8 @@ class SystemdJob:
             for key in asked:
                 self.enforced[key] = Verdict(UNKNOWN, "systemd reported no cgroup for the unit")
             return
-        actual = cgroupfs.read_limits(self.layout, self.cgroup)
+        actual = cgroupfs.read_limits(self.layout, self.cgroup,
+                                      self.io_disk.number if self.io_disk else None)
         for key, verdict in cgroupfs.verify(asked, actual, self.layout).items():
             if key == "allowed_cpus" and "allowed_cpus" not in actual:
                 verdict = self.affinity_verdict(str(asked[key]))  # no cpuset: the affinity

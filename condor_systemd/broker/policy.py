@@ -41,6 +41,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "memory_max": "",            # SIZE, e.g. "64G"
         "cpu_quota": "",             # percent of one CPU, e.g. "800%"
         "tasks_max": 0,              # 0: none
+        # on the disk of the job's directory; also the default when a job asks none
+        "io_read_bandwidth": "",     # bytes/s, e.g. "100M"
+        "io_write_bandwidth": "",
+        "io_read_iops": 0,           # 0: none
+        "io_write_iops": 0,
         "cap_by_caller_cgroup": True,
     },
     "properties": {
@@ -82,6 +87,10 @@ class Policy:
         self.memory_max = parse_size(limits["memory_max"]) if limits["memory_max"] else None
         self.cpu_quota = parse_percent(limits["cpu_quota"]) if limits["cpu_quota"] else None
         self.tasks_max = int(limits["tasks_max"]) or None
+        self.io_caps = {key: (parse_size(limits[key]) if limits[key] else None)
+                        for key in ("io_read_bandwidth", "io_write_bandwidth")}
+        self.io_caps.update({key: int(limits[key]) or None
+                             for key in ("io_read_iops", "io_write_iops")})
         self.cap_by_caller_cgroup = bool(limits["cap_by_caller_cgroup"])
         self.allowed = ALLOWED | frozenset(settings["properties"]["allow"])
         self.htcondor = Mapping.from_settings(settings["htcondor"])
@@ -159,6 +168,7 @@ class Policy:
             "memory_max": [(self.memory_max, "the broker's policy")],
             "cpu_quota_percent": [(self.cpu_quota, "the broker's policy")],
             "tasks_max": [(self.tasks_max, "the broker's policy")],
+            **{key: [(cap, "the broker's policy")] for key, cap in self.io_caps.items()},
         }
         if self.cap_by_caller_cgroup:
             ceilings["memory_max"].append((caps.memory_max, by_cgroup))

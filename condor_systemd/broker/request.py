@@ -95,15 +95,17 @@ def prepare(parameters: dict, fds: list[int], caller: peer.Peer, policy: Policy,
             capped.append(("private_tmp", f"PrivateTmp instead of the scratch directory: {why}"))
         else:
             spec = spec._replace(tmp_binds=tuple(proc_path(fd) for fd in held))
-    if spec.sandbox.isolate and caller.uid != 0:
+    if caller.uid != 0:
+        # the job's own directory: bound by --isolate, and its disk gets the I/O caps
         own = own_directory(scratch_dir, caller.uid) if scratch_dir is not None else None
-        if own is None:
+        if own is not None:
+            held.append(own)
+            spec = spec._replace(scratch_bind=proc_path(own))
+        elif spec.sandbox.isolate:
             for fd in held:
                 os.close(fd)
             raise UsageError(f"--isolate: the job's directory {spec.scratch_dir} is not a "
                              "directory of the caller's")
-        held.append(own)
-        spec = spec._replace(scratch_bind=proc_path(own))
     return Request(spec._replace(inherit=inherit), stdio, caps, capped, args.usage_file,
                    args.usage_format, args.log_file, held)
 

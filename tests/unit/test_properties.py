@@ -156,6 +156,11 @@ DOCUMENTED = {
     "TasksAccounting": ("TasksAccounting", "b"),
     "OOMPolicy": ("OOMPolicy", "s"),
     "ManagedOOMMemoryPressure": ("ManagedOOMMemoryPressure", "s"),
+    # dbus-cgroup.c: the IO*Max properties are "a(st)" (device path, value)
+    "IOReadBandwidthMax": ("IOReadBandwidthMax", "a(st)"),
+    "IOWriteBandwidthMax": ("IOWriteBandwidthMax", "a(st)"),
+    "IOReadIOPSMax": ("IOReadIOPSMax", "a(st)"),
+    "IOWriteIOPSMax": ("IOWriteIOPSMax", "a(st)"),
     # dbus-cgroup.c: SD_BUS_PROPERTY("DevicePolicy", "s", ...), ("DeviceAllow", "a(ss)", ...)
     "DevicePolicy": ("DevicePolicy", "s"),
     "DeviceAllow": ("DeviceAllow", "a(ss)"),
@@ -221,7 +226,8 @@ SCOPE_ACCEPTS = {
     "MemoryHigh", "MemoryLow", "MemoryMin", "MemorySwapMax", "MemoryZSwapMax", "IOWeight",
     "TasksMax", "CPUAccounting", "MemoryAccounting", "IOAccounting", "TasksAccounting",
     "ManagedOOMMemoryPressure", "OOMPolicy", "RuntimeMaxUSec", "Description", "Slice",
-    "DevicePolicy", "DeviceAllow",
+    "DevicePolicy", "DeviceAllow", "IOReadBandwidthMax", "IOWriteBandwidthMax", "IOReadIOPSMax",
+    "IOWriteIOPSMax",
     "CollectMode", "KillMode", "TimeoutStopUSec", "PIDs",
 }
 # The Scope interface has these too, but the table sends them to services only (one `since`

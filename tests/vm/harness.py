@@ -156,6 +156,16 @@ def _kvm_verdict_file() -> Path:
     return cache_dir() / f"kvm-verdict-{key.hexdigest()[:12]}"
 
 
+SCRATCH_DISK = "scratch-disk.raw"
+SCRATCH_DISK_SIZE = "256M"
+
+
+def make_scratch_disk(run_dir: Path) -> None:
+    """A sparse ext4 image for the guest's /dev/vdb (deleted with the run directory)."""
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "csd-scratch", str(run_dir / SCRATCH_DISK),
+                    SCRATCH_DISK_SIZE], check=True, stdout=subprocess.DEVNULL)
+
+
 def qemu_command(img: Image, run_dir: Path, guest: Guest, accel: str) -> list[str]:
     kernel_args = " ".join([KERNEL_ARGS, *guest.kernel_args])
     return [
@@ -166,6 +176,9 @@ def qemu_command(img: Image, run_dir: Path, guest: Guest, accel: str) -> list[st
         "-kernel", str(img.directory / "vmlinuz"), "-initrd", str(img.directory / "initrd.img"),
         "-append", kernel_args,
         "-drive", f"file={img.disk},format=raw,if=virtio,snapshot=on",
+        # a second, empty disk (/dev/vdb, ext4): an execute directory on a real block device
+        # of its own, for the I/O caps (tests/systemd/test_io_disk.py)
+        "-drive", f"file={run_dir / SCRATCH_DISK},format=raw,if=virtio",
         "-nic", "none", "-device", "virtio-rng-pci",
         "-serial", f"file:{run_dir / 'serial.log'}",
         "-virtfs", f"local,path={run_dir},mount_tag=csdrun,security_model=none",
@@ -199,6 +212,7 @@ class Run:
         (self.dir / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         (self.dir / "cwd").write_text(cwd)
         (self.dir / "checkout").write_text(str(CHECKOUT))
+        make_scratch_disk(self.dir)
         if img.flavour == "htcondor":
             (self.dir / "htcondor").write_text("wait for the pool\n")  # csd-vm-guest does
         self.qemu: subprocess.Popen | None = None
