@@ -7,7 +7,10 @@ NVIDIA's, plus its own ``/dev/nvidiaN`` and the driver's shared control nodes. I
 it was not given and nothing else: InfiniBand, FUSE, ttys and disks stay as they were.
 
 GPU ids: ``N`` or ``CUDAN`` is ``/dev/nvidiaN`` (the device minor); ``GPU-<uuid>`` (HTCondor's
-form, a prefix of the UUID) is looked up in ``/proc/driver/nvidia/gpus/*/information``.
+form, a prefix of the UUID) is looked up in ``/proc/driver/nvidia/gpus/*/information``. AMD
+GPUs are named by their render node (``renderDN``): a job given one loses the other render
+nodes and keeps ``/dev/kfd``. Only NVIDIA GPUs are hidden from a job that names none (ROCm's
+indices do not name render nodes, so an AMD node's HTCondor assignment cannot be mapped here).
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ from collections.abc import Mapping
 from .errors import UsageError
 
 NVIDIA_MAJOR = 195
+DRM_MAJOR = 226  # /dev/dri/renderDN (and cardN)
+AMD_CONTROL = ("/dev/kfd",)
 NVIDIA_CONTROL = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
                   "/dev/nvidia-modeset")
 NONE = ("", "-1", "none", "NoDevFiles")  # what says "no GPU" (CUDA, and HTCondor's word)
 MAX_IDS = 64
 _INDEX = re.compile(r"(?:CUDA)?(\d{1,4})")
 _UUID = re.compile(r"GPU-[0-9a-fA-F-]{1,64}")
+_RENDER = re.compile(r"(?:/dev/dri/)?(renderD\d{1,4})")
 
 
 def assigned_ids(option: str | None, environ: Mapping[str, str]) -> tuple[str, ...] | None:
@@ -65,18 +71,24 @@ def node_gpus(dev: str = "/dev") -> list[str]:
                   key=lambda p: int(p[len(dev) + 7:]) if p[len(dev) + 7:].isdigit() else -1)
 
 
-def _is_nvidia_gpu(path: str) -> bool:
+def _is_nvidia_gpu(path: str, major: int = NVIDIA_MAJOR) -> bool:
     try:
         st = os.stat(path)
     except OSError:
         return False
-    return stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == NVIDIA_MAJOR
+    return stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == major
 
 
 def resolve(gpu_id: str, dev: str = "/dev",
             proc: str = "/proc/driver/nvidia/gpus") -> str:
     """The device node of one GPU id; UsageError naming it when there is none."""
-    index = _INDEX.fullmatch(gpu_id)
+    index, render = _INDEX.fullmatch(gpu_id), _RENDER.fullmatch(gpu_id)
+    if render:
+        path = f"{dev}/dri/{render.group(1)}"
+        if not _is_nvidia_gpu(path, DRM_MAJOR):
+            raise UsageError(f"GPU '{gpu_id}' does not exist on this node (no {path} with the "
+                             f"DRM major number {DRM_MAJOR})")
+        return path
     if index:
         minor = int(index.group(1))
     elif _UUID.fullmatch(gpu_id):
@@ -86,7 +98,7 @@ def resolve(gpu_id: str, dev: str = "/dev",
                              f"{proc})")
         minor = found
     else:
-        raise UsageError(f"'{gpu_id[:80]}' is not a GPU id (N, CUDAN or GPU-<uuid>)")
+        raise UsageError(f"'{gpu_id[:80]}' is not a GPU id (N, CUDAN, GPU-<uuid> or renderDN)")
     path = f"{dev}/nvidia{minor}"
     if not _is_nvidia_gpu(path):
         raise UsageError(f"GPU '{gpu_id}' does not exist on this node (no {path} with the "
@@ -157,9 +169,18 @@ def is_control_rule(rule: str) -> bool:
     return rule in (f"c {NVIDIA_MAJOR}:255 rw", f"c {NVIDIA_MAJOR}:254 rw")
 
 
+def is_gpu_rule(rule: str, gpus: list[str]) -> bool:
+    """A devices.list line on a major the filter keeps to the given GPUs: NVIDIA's always,
+    DRM's once an AMD GPU is given."""
+    majors = [NVIDIA_MAJOR] + ([DRM_MAJOR] if any("/dri/" in p for p in gpus) else [])
+    return rule.startswith(tuple(f"c {major}:" for major in majors))
+
+
 def allow_list(gpus: list[str], proc_devices: str = "/proc/devices") -> list[tuple[str, str]]:
-    """DeviceAllow= entries: every driver but NVIDIA's, by name, and these GPU nodes with the
-    control nodes the driver needs beside them."""
+    """DeviceAllow= entries: every driver but NVIDIA's (and, once an AMD GPU is given, DRM's
+    and KFD's), by name, and these GPU nodes with the control nodes their drivers need."""
+    amd = any("/dri/" in path for path in gpus)
+    nvidia = any("/dri/" not in path for path in gpus)
     allowed: list[tuple[str, str]] = []
     seen = set()
     kind = ""
@@ -175,13 +196,18 @@ def allow_list(gpus: list[str], proc_devices: str = "/proc/devices") -> list[tup
             major, name = int(parts[0]), parts[1]
             if kind == "char" and (major == NVIDIA_MAJOR or name.startswith("nvidia")):
                 continue
+            if kind == "char" and amd and (major == DRM_MAJOR or name in ("drm", "kfd")):
+                continue
             if any(c in name for c in "*?[\\"):
                 continue  # systemd matches names as globs: such a driver stays closed
             if (kind, name) not in seen:
                 seen.add((kind, name))
                 allowed.append((f"{kind}-{name}", "rwm"))
-    if gpus:
-        control = [p for p in NVIDIA_CONTROL if os.path.exists(p)]
+    control = []
+    if nvidia:
+        control += [p for p in NVIDIA_CONTROL if os.path.exists(p)]
         control += sorted(glob.glob("/dev/nvidia-caps/*"))
-        allowed += [(path, "rw") for path in gpus + control]
+    if amd:
+        control += [p for p in AMD_CONTROL if os.path.exists(p)]
+    allowed += [(path, "rw") for path in gpus + control]
     return allowed

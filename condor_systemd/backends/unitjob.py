@@ -354,10 +354,11 @@ class SystemdJob:
 
         wanted = {devices.rule_of(node) for node in self.gpu_nodes}
         if "a *:* rwm" in rules or not wanted <= set(rules) or any(
-                rule.startswith(f"c {devices.NVIDIA_MAJOR}:") and rule not in wanted
+                devices.is_gpu_rule(rule, self.gpu_nodes) and rule not in wanted
                 and not devices.is_control_rule(rule) for rule in rules):
             self.enforced["gpus"] = Verdict(NOT_IN_FORCE, "devices.list has " + "; ".join(
-                r for r in rules if r.startswith(("a ", f"c {devices.NVIDIA_MAJOR}:")))[:300])
+                r for r in rules if r.startswith("a ") or devices.is_gpu_rule(r, self.gpu_nodes)
+            )[:300])
         else:
             self.enforced["gpus"] = IN_FORCE
 

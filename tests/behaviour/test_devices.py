@@ -107,3 +107,32 @@ def test_a_gpu_the_user_could_not_open_is_not_granted(jobs, fake_gpus):
         return
     assert proc.returncode == 125 and proc.stderr.count("\n") == 1, proc
     assert "GPU '1': the job's user may not open /dev/nvidia1" in proc.stderr
+
+
+RENDER = ("/dev/dri/renderD200", "/dev/dri/renderD201")
+
+
+def test_an_amd_gpu_is_given_by_its_render_node_and_keeps_kfd(jobs):
+    """AMD: fake render nodes (DRM's major, 226). The job given renderD200 opens it (ENXIO: no
+    driver behind the filter), not renderD201 (EPERM)."""
+    made_dir = not os.path.exists("/dev/dri")
+    os.makedirs("/dev/dri", exist_ok=True)
+    for path, minor in zip(RENDER, (200, 201)):
+        if os.path.lexists(path):
+            os.unlink(path)
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(226, minor))
+        os.chmod(path, 0o666)
+    try:
+        proc, usage = jobs.run_with_usage("--gpus", "renderD200", "--", PY, "-c", OPEN_EACH,
+                                          *RENDER, "/dev/null")
+        assert proc.returncode == 0, proc.stderr
+        seen = dict(line.split() for line in proc.stdout.splitlines())
+        assert usage["limits"]["gpus"] == "renderD200" and seen["/dev/null"] == "opened"
+        assert seen[RENDER[0]] in NO_DRIVER, seen
+        assert seen[RENDER[1]] == ("EPERM" if jobs.expect.has_unit else seen[RENDER[0]]), seen
+    finally:
+        for path in RENDER:
+            if os.path.lexists(path):
+                os.unlink(path)
+        if made_dir:
+            os.rmdir("/dev/dri")

@@ -133,3 +133,23 @@ def test_file_mode_decides_who_may_open(tmp_path):
     os.chmod(node, 0o606)
     assert devices.may_open(str(node), 1001, {2001}) and not devices.may_open(str(node), 1001,
                                                                               {2000})
+
+
+def test_amd_gpus_are_render_nodes(tmp_path):
+    (tmp_path / "dri").mkdir()
+    os.mknod(tmp_path / "dri" / "renderD128", stat.S_IFCHR | 0o666, os.makedev(226, 128))
+    assert devices.resolve("renderD128", str(tmp_path)) == f"{tmp_path}/dri/renderD128"
+    assert devices.resolve("/dev/dri/renderD128", str(tmp_path)) == f"{tmp_path}/dri/renderD128"
+    with pytest.raises(UsageError, match="no .*/dri/renderD129 with the DRM major number 226"):
+        devices.resolve("renderD129", str(tmp_path))
+
+
+def test_an_amd_gpu_closes_drm_and_kfd_and_keeps_the_rest(tmp_path):
+    listing = tmp_path / "devices"
+    listing.write_text(PROC_DEVICES.replace("240 weird[0]", "226 drm\n240 kfd"))
+    allowed = devices.allow_list(["/dev/dri/renderD128"], str(listing))
+    names = [path for path, _ in allowed]
+    assert "char-drm" not in names and "char-kfd" not in names and "char-misc" in names
+    assert ("/dev/dri/renderD128", "rw") in allowed
+    nvidia_only = [path for path, _ in devices.allow_list([], str(listing))]
+    assert "char-drm" in nvidia_only and "char-kfd" in nvidia_only  # only NVIDIA's closed
