@@ -96,8 +96,8 @@ ATTACKS = {
     "wrong-types": lambda: call({"method": RUN, "more": True,
                                  "parameters": run_parameters(arguments="--memory 1G")},
                                 stdio()),
-    "six-fds": lambda: call({"method": RUN, "more": True, "parameters": run_parameters()},
-                            stdio() + [os.open(os.devnull, os.O_RDONLY)] * 3),
+    "seven-fds": lambda: call({"method": RUN, "more": True, "parameters": run_parameters()},
+                              stdio() + [os.open(os.devnull, os.O_RDONLY)] * 4),
     "tmp-not-a-directory": lambda: call(
         {"method": RUN, "more": True, "parameters": run_parameters(tmp=3, var_tmp=4)},
         stdio() + [os.open(os.devnull, os.O_RDONLY), os.open("/", os.O_PATH)]),

@@ -118,7 +118,7 @@ def invalid(parameter: str) -> dict:
     ("no-nul", CUT_OFF),
     ("not-an-object", CUT_OFF),
     ("method-not-a-string", CUT_OFF),
-    ("six-fds", CUT_OFF),
+    ("seven-fds", CUT_OFF),
     ("unknown-method", {"reply": {"error": "org.varlink.service.MethodNotFound",
                                   "parameters": {"method": "io.condorsystemd.Job.Explode"}}}),
     ("unknown-interface", {"reply": {"error": "org.varlink.service.InterfaceNotFound",

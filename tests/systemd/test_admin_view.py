@@ -64,7 +64,9 @@ def test_admins_querying_the_name_do_not_confuse_the_wrapper(jobs):
         for _ in range(15):
             start = time.monotonic()
             assert jobs.run("--name", "hammer", "--", "true").returncode == 0
-            assert time.monotonic() - start < 3  # no waiting out the holder's TimeoutStopSec
+            # no waiting out the holder's TimeoutStopSec (80 s here); a TCG guest under load
+            # took 3.05 s for one such job
+            assert time.monotonic() - start < 10
             left = jobs.inside("systemctl", "list-units", "--all", "--plain", "--no-legend",
                                "condor-job-hammer.service").stdout.strip()
             assert not left, left
