@@ -120,7 +120,7 @@ class _Client:
         for name, fd in _scratch_tmp(self.environ):
             parameters[name] = len(fds)
             fds.append(fd)
-        own = _own_directory(self.environ, cwd)  # for --isolate, asked or the site's default
+        own = _own_directory(self.environ, cwd)  # whether asked or the site's default
         if own is not None:
             parameters["scratch"] = len(fds)
             fds.append(own)
@@ -291,8 +291,9 @@ def _scratch_tmp(environ: dict[str, str]) -> list[tuple[str, int]]:
 
 
 def _own_directory(environ: dict[str, str], cwd: str) -> int | None:
-    """--isolate: the job's own directory (HTCondor's scratch directory, else the working
-    one), opened as the caller; the broker binds it from this fd, not from a path."""
+    """The job's own directory (HTCondor's scratch directory, else the working one), opened
+    as the caller: the broker binds it (--isolate) and finds its disk (the I/O caps) from this
+    fd, never from a path."""
     scratch = environ.get("_CONDOR_SCRATCH_DIR", "")
     try:
         return os.open(scratch if scratch.startswith("/") else cwd,

@@ -76,8 +76,9 @@ method Run(
   # var/tmp (O_PATH fds): the job's /tmp and /var/tmp, instead of private ones
   tmp: ?int,
   var_tmp: ?int,
-  # --isolate: index of the job's own directory (O_PATH; HTCondor's scratch
-  # directory, else the working one), the one part of its parent it sees
+  # index of the job's own directory (O_PATH; HTCondor's scratch directory,
+  # else the working one): what --isolate leaves it of its parent, and the
+  # directory whose disk gets the I/O caps
   scratch: ?int
 ) -> (
   unit: ?string,

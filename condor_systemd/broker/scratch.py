@@ -34,8 +34,9 @@ def proc_path(fd: int) -> str:
 
 
 def own_directory(fd: int, uid: int) -> int | None:
-    """--isolate: our copy of the job's own directory, if it is a directory of the caller's
-    (the one part of the execute root the job sees, bound from this fd); None otherwise."""
+    """Our copy of the job's own directory, if it is a directory of the caller's; None
+    otherwise. --isolate binds it from this fd (the one part of the execute root the job
+    sees), and the I/O caps go on the disk under it."""
     st = os.fstat(fd)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
         return None
