@@ -78,7 +78,8 @@ def test_quick_jobs_never_stall(jobs):
     for _ in range(25):
         start = time.monotonic()
         assert jobs.run("--", "sh", "-c", "exit 3").returncode == 3
-        assert time.monotonic() - start < 3
+        # the stall was 30 s; a TCG guest sharing its host's CPUs took 4.7 s for one job
+        assert time.monotonic() - start < 10
 
 
 def test_wrapper_waits_without_polling(jobs):
