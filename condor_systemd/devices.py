@@ -28,7 +28,9 @@ DRM_MAJOR = 226  # /dev/dri/renderDN (and cardN)
 AMD_CONTROL = ("/dev/kfd",)
 NVIDIA_CONTROL = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
                   "/dev/nvidia-modeset")
-NONE = ("", "-1", "none", "NoDevFiles")  # what says "no GPU" (CUDA, and HTCondor's word)
+# what says "no GPU": CUDA's -1, HTCondor's 10000 (CUDA_VISIBLE_DEVICES of a job that asked
+# for none on a node with GPUs) and its NoDevFiles
+NONE = ("", "-1", "none", "10000", "NoDevFiles")
 MAX_IDS = 64
 _INDEX = re.compile(r"(?:CUDA)?(\d{1,4})")
 _UUID = re.compile(r"GPU-[0-9a-fA-F-]{1,64}")

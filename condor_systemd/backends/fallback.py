@@ -36,7 +36,12 @@ class FallbackBackend:
         self.reason = reason
 
     def start(self, spec: JobSpec, stdio: tuple[int, int, int], log: Log) -> FamilyJob:
-        job = FamilyJob(spec.with_inherited_cpus(), log, self.reason)
+        from ..devices import node_gpus
+
+        spec = spec.with_inherited_cpus()
+        if not spec.sandbox.gpus and not node_gpus():  # no GPU given, none here: moot
+            spec = spec._replace(sandbox=spec.sandbox._replace(gpus=None))
+        job = FamilyJob(spec, log, self.reason)
         job.launch(stdio)
         return job
 

@@ -166,7 +166,8 @@ class SystemdJob:
 
         sandbox = self.spec.sandbox
         present = devices.node_gpus()
-        if sandbox.gpus is None and not present:
+        if not sandbox.gpus and not present:  # no GPU given, none here: nothing to hide
+            self.spec = self.spec._replace(sandbox=sandbox._replace(gpus=None))
             return
         nodes = [devices.resolve(gpu) for gpu in sandbox.gpus or ()]
         uid, gids = devices.job_identity(self.spec.user, self.spec.group)

@@ -78,6 +78,11 @@ def test_htcondors_assignment_is_the_default_and_a_job_given_none_gets_none(jobs
         assert usage["limits"]["gpus"] == "none"
     else:  # nothing asked, nothing claimed
         assert "gpus" not in usage["limits"] and "gpus" not in usage["enforced"]
+    # HTCondor's word for "no GPU" on a node that has some: the job runs, with none
+    seen, usage = opened(jobs, env=dict(env, CUDA_VISIBLE_DEVICES="10000"))
+    assert usage["limits"]["gpus"] == "none" and seen["/dev/null"] == "opened"
+    if jobs.expect.has_unit:
+        assert seen["/dev/nvidia0"] == seen["/dev/nvidia1"] == "EPERM", seen
 
 
 def test_a_gpu_that_is_not_there_is_refused_before_launch(jobs, fake_gpus):
@@ -136,3 +141,14 @@ def test_an_amd_gpu_is_given_by_its_render_node_and_keeps_kfd(jobs):
                 os.unlink(path)
         if made_dir:
             os.rmdir("/dev/dri")
+
+
+def test_htcondors_no_gpu_on_a_node_without_gpus_changes_nothing(jobs):
+    """HTCondor sets CUDA_VISIBLE_DEVICES=10000 for every job that asked for no GPU (the real
+    pool's jobs were all refused when that was taken for a GPU id): with no GPU on the node
+    there is nothing to hide, and no device filter is set."""
+    assert not any(os.path.exists(path) for path in NODES)
+    proc, usage = jobs.run_with_usage("--", "true",
+                                      env=dict(os.environ, CUDA_VISIBLE_DEVICES="10000"))
+    assert proc.returncode == 0, proc.stderr
+    assert "gpus" not in usage["limits"] and "gpus" not in usage["enforced"]

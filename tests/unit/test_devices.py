@@ -46,7 +46,7 @@ def test_the_option_wins_then_htcondors_assignment_then_cuda():
     assert devices.assigned_ids(None, {}) is None
 
 
-@pytest.mark.parametrize("text", ["", " ", "-1", "none", "NoDevFiles"])
+@pytest.mark.parametrize("text", ["", " ", "-1", "none", "10000", "NoDevFiles"])
 def test_words_for_no_gpu(text):
     assert devices.assigned_ids(text, {}) == ()
 
