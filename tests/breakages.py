@@ -182,6 +182,13 @@ BREAKAGES = (
              "            return None",
              (BRK + "test_a_node_whose_broker_is_down_says_so_and_its_jobs_are_not_run_"
                     "without_it",)),
+    Breakage("the startd probe says ready when there is no broker socket",
+             "condor_systemd/readiness.py",
+             '        return f"no broker socket at {path} (systemctl enable --now '
+             'condor-systemd.socket)"',
+             "        return None",
+             (BRK + "test_a_node_whose_broker_is_down_says_so_and_its_jobs_are_not_run_"
+                    "without_it",)),
     Breakage("forwarded signals not delivered", RUNNER,
              "                        job.send_signal(signum)\n",
              "                        pass\n",

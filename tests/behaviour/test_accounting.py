@@ -17,8 +17,10 @@ def test_cpu_user_and_system_of_short_lived_children(jobs):
     proc, usage = jobs.run_with_usage("--", PY, "-c", workloads.SHORT_LIVED_CPU, "10")
     assert proc.returncode == 0, proc.stderr
     truth_user, truth_sys = map(float, proc.stdout.split())
-    # large enough to judge: 5 x 0.15 s of each kind, plus 11 interpreters starting
-    assert truth_user >= 0.7 and truth_sys >= 0.5, (truth_user, truth_sys)
+    # large enough to judge: 5 x 0.3 s of user and 5 x 0.12 s of system time, plus 11
+    # interpreters starting; unequal, so that the two swapped would not pass
+    assert truth_user >= 1.4 and truth_sys >= 0.4, (truth_user, truth_sys)
+    assert truth_user > 1.5 * truth_sys + 0.3, (truth_user, truth_sys)
     user, system = usage["cpu_user_seconds"], usage["cpu_system_seconds"]
     # Nothing may be missed (>= 95 %: each process reads its own clock a little before it
     # exits). Above: the teardown after that reading (~10 ms each for 11 processes), the

@@ -320,8 +320,16 @@ def test_a_node_whose_broker_is_down_says_so_and_its_jobs_are_not_run_without_it
     try:
         down = jobs.inside(*probe).stdout.splitlines()
         assert down[0] == "CondorSystemdReady = false", down
-        assert down[1].startswith(f'CondorSystemdReason = "no broker socket at {SOCKET}') or \
-            down[1].startswith(f'CondorSystemdReason = "the broker at {SOCKET} does not answer')
+        assert down[1].startswith(f'CondorSystemdReason = "no broker socket at {SOCKET}'), down
+        # a socket file nobody listens on (a broker that died without systemd's socket)
+        jobs.inside(PY, "-c", "import os, socket; os.makedirs(os.path.dirname("
+                              f"{SOCKET!r}), exist_ok=True); "
+                              f"socket.socket(socket.AF_UNIX).bind({SOCKET!r})")
+        dead = jobs.inside(*probe).stdout.splitlines()
+        jobs.inside("rm", "-f", SOCKET)
+        assert dead[0] == "CondorSystemdReady = false", dead
+        assert dead[1].startswith(f'CondorSystemdReason = "the broker at {SOCKET} does not '
+                                  'answer'), dead
         wrapper = subprocess.run(jobs.command(
             ["env", f"_CONDOR_WRAPPER_ERROR_FILE={error_file}", *harness.client_command(), "run",
              "--backend", "systemd", "--", "sh", "-c", "echo ran"], str(jobs.work)),
