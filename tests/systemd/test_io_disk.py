@@ -58,24 +58,27 @@ def direct_io(jobs, job_dir: str, mode: str, *caps: str) -> tuple[float, dict]:
 
 
 def test_a_bandwidth_cap_holds_on_the_disk_of_the_jobs_directory(jobs, disk_dir):
-    """10 MB/s: 40 MiB take at least 3.5 s each way; uncapped, the same writes take less
-    than half of that; the bytes the record counts are the 40 MiB moved."""
+    """10 MiB/s: 40 MiB take 4 s each way (measured 4.01 s on the bookworm guest; half or
+    twice the rate would take 8 s or 2 s); uncapped, the same writes take less than half of
+    that (0.03 s); the bytes the record counts are the 40 MiB moved."""
     free, usage = direct_io(jobs, disk_dir, "write")
     assert "io_write_bandwidth" not in usage["limits"]
     capped, usage = direct_io(jobs, disk_dir, "write", "--io-write-bandwidth", "10M")
     assert usage["limits"]["io_write_bandwidth"] == 10 * MiB
     assert usage["enforced"]["io_write_bandwidth"] is True, usage["enforced"]  # io.max
-    assert capped >= 3.5 and free < capped / 2, (free, capped)
+    assert 3.5 <= capped <= 6 and free < capped / 2, (free, capped)
     assert 40 * MiB <= usage["io_write_bytes"] <= 44 * MiB, usage
     took, usage = direct_io(jobs, disk_dir, "read", "--io-read-bandwidth", "10M")
-    assert took >= 3.5, took
+    assert 3.5 <= took <= 6, took
     assert usage["enforced"]["io_read_bandwidth"] is True, usage["enforced"]
     assert 40 * MiB <= usage["io_read_bytes"] <= 44 * MiB, usage
 
 
 def test_an_iops_cap_holds_too(jobs, disk_dir):
-    """20 writes a second: the 40 one-MiB writes take at least 1.5 s."""
+    """20 writes a second: the 40 one-MiB writes take about 2 s (1.91 s measured on the
+    bookworm guest: the throttle lets the first few through at once); at half or twice the
+    rate they would take about 4 s or 1 s."""
     direct_io(jobs, disk_dir, "write")
     took, usage = direct_io(jobs, disk_dir, "write", "--io-write-iops", "20")
     assert usage["enforced"]["io_write_iops"] is True, usage["enforced"]
-    assert took >= 1.5, took
+    assert 1.5 <= took <= 3, took
