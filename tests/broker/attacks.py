@@ -101,6 +101,15 @@ ATTACKS = {
     "tmp-not-a-directory": lambda: call(
         {"method": RUN, "more": True, "parameters": run_parameters(tmp=3, var_tmp=4)},
         stdio() + [os.open(os.devnull, os.O_RDONLY), os.open("/", os.O_PATH)]),
+    "scratch-not-a-directory": lambda: call(
+        {"method": RUN, "more": True, "parameters": run_parameters(scratch=3)},
+        stdio() + [os.open(os.devnull, os.O_RDONLY)]),
+    "scratch-index-out-of-range": lambda: call(
+        {"method": RUN, "more": True, "parameters": run_parameters(scratch=7)}, stdio()),
+    "isolate-with-roots-directory": lambda: call(
+        {"method": RUN, "more": True, "parameters": run_parameters(arguments=["--isolate"],
+                                                                   scratch=3)},
+        stdio() + [os.open("/etc", os.O_PATH | os.O_DIRECTORY)]),
     "htcondor-malformed": lambda: call(
         {"method": RUN, "more": True, "parameters": run_parameters(htcondor={"cpus": -1})},
         stdio()),

@@ -130,6 +130,12 @@ def invalid(parameter: str) -> dict:
     ("relative-executable", invalid("executable")),
     ("tmp-not-a-directory", invalid("tmp")),
     ("var-tmp-index-out-of-range", invalid("var_tmp")),
+    ("scratch-not-a-directory", invalid("scratch")),
+    ("scratch-index-out-of-range", invalid("scratch")),
+    # an fd of root's /etc as the job's own directory: never bound into the job
+    ("isolate-with-roots-directory", {"reply": {
+        "error": "io.condorsystemd.Job.UsageError", "parameters": {
+            "message": "--isolate: the job's directory / is not a directory of the caller's"}}}),
     ("htcondor-malformed", {"reply": {"error": "io.condorsystemd.Job.UsageError", "parameters": {
         "message": "htcondor: cpus must be an integer in 0-65535"}}}),
     ("help", {"reply": {"error": "io.condorsystemd.Job.UsageError",
