@@ -314,9 +314,15 @@ class _JobSpecFields(NamedTuple):
     # The job's /tmp and /var/tmp: directories to bind there instead of PrivateTmp (the
     # broker's /proc/self/fd paths of the HTCondor scratch directory's tmp and var/tmp).
     tmp_binds: tuple[str, ...] = ()
-    # --isolate through the broker: the caller's scratch directory, as the broker's
-    # /proc/self/fd path of the directory the caller opened (None: the path itself, as root)
+    # Through the broker (an unprivileged caller): the job's own directory as the broker's
+    # /proc/self/fd path of the directory the caller opened (None: the path itself, as root),
+    # its real path (read from that fd, never from the caller's strings) and the execute root
+    # it lies under (root's policy or HTCondor's EXECUTE): --isolate hides that root and binds
+    # the directory back at its real path. for_caller: no path the caller named is looked up.
     scratch_bind: str | None = None
+    scratch_target: str | None = None
+    execute_root: str | None = None
+    for_caller: bool = False
 
     @property
     def scratch_dir(self) -> str:

@@ -35,6 +35,7 @@ ACC = "tests/behaviour/test_accounting.py::"
 KILL = "tests/behaviour/test_kill.py::"
 BRK = "tests/broker/test_broker.py::"
 RST = "tests/broker/test_restart.py::"
+SEC = "tests/security/test_attacks.py::"
 
 
 class Breakage(NamedTuple):
@@ -49,6 +50,7 @@ SD, PS = "[systemd]", "[psutil]"
 SERVICE, RECORD = "condor_systemd/backends/service.py", "condor_systemd/backends/record.py"
 FALLBACK = "condor_systemd/backends/fallback.py"
 CGROUPFS, RUNNER = "condor_systemd/backends/cgroupfs.py", "condor_systemd/runner.py"
+POLICY = "condor_systemd/broker/policy.py"
 
 BREAKAGES = (
     # -- the review's four --------------------------------------------------------------------
@@ -248,6 +250,41 @@ BREAKAGES = (
              "    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:\n        return None",
              "    if not stat.S_ISDIR(st.st_mode):\n        return None",
              (BRK + "test_isolate_binds_only_the_callers_own_directory",)),
+    # -- the broker's guards (SECURITY.md), each against its attack by a real unprivileged user --
+    Breakage("--isolate binds at the path the caller names", SERVICE,
+             "        if self.spec.for_caller:  # the broker derived",
+             "        if False:  # the broker derived",
+             (SEC + "test_isolate_rewrites_no_path_the_caller_names",)),
+    Breakage("-p undoes --isolate", POLICY,
+             "                if name in UNDO_ISOLATION:", "                if False:",
+             (SEC + "test_properties_cannot_undo_isolation[ReadWritePaths]",)),
+    Breakage("an isolated job's working directory is writable", SERVICE,
+             "        if spec.for_caller and spec.sandbox.isolate:",
+             "        if False:",
+             (SEC + "test_a_working_directory_at_the_execute_root_shows_no_other_job",)),
+    Breakage("the job's environment in its unit's properties", SERVICE,
+             "            path = envfile.write(self.spec.unit_name, assignments)\n"
+             "        except OSError as exc:\n            if self.spec.for_caller:",
+             "            raise OSError(1, 'broken')\n"
+             "        except OSError as exc:\n            if False:",
+             (SEC + "test_another_users_environment_is_not_in_the_units_properties",)),
+    Breakage("the environment file's values unescaped", "condor_systemd/backends/envfile.py",
+             '_ESCAPED = {"\\\\": "\\\\\\\\", \'"\': \'\\\\"\', "`": "\\\\`", "$": "\\\\$"}',
+             "_ESCAPED: dict = {}",
+             ("tests/behaviour/test_contract.py::test_awkward_environment_values_arrive_byte_for_"
+              "byte" + SD,)),
+    Breakage("a broker connection as the job's stdin", "condor_systemd/broker/interface.py",
+             "        if stat.S_ISSOCK(mode) and _peer_address(fd) in broker_addresses:",
+             "        if False:",
+             (SEC + "test_a_broker_connection_is_refused_as_the_jobs_stdio",)),
+    Breakage("no connection limit per user", POLICY,
+             '"max_connections_per_user": 320,', '"max_connections_per_user": 100000,',
+             (SEC + "test_idle_connections_of_one_user_cost_another_nothing",)),
+    Breakage("no bound on a job's notices and forwarded signals",
+             "condor_systemd/broker/session.py",
+             "SIGNAL_BURST, SIGNALS_PER_SECOND = 20, 10.0\n",
+             "SIGNAL_BURST, SIGNALS_PER_SECOND = 10**9, 10.0\nMAX_PENDING_NOTICES = 10**9\n",
+             (SEC + "test_a_signal_flood_does_not_bring_the_broker_down",)),
 )
 
 

@@ -185,6 +185,7 @@ TABLE: dict[str, Prop] = {
     "ExecStart": Prop("ExecStart", "a(sasb)", None, 1, services_only=True),
     "WorkingDirectory": Prop("WorkingDirectory", "s", None, 1, services_only=True),
     "Environment": Prop("Environment", "as", None, 1, services_only=True),
+    "EnvironmentFiles": Prop("EnvironmentFiles", "a(sb)", None, 1, services_only=True),
     "LogExtraFields": Prop("LogExtraFields", "aay", None, 236, services_only=True),
     "BindPaths": Prop("BindPaths", "a(ssbt)", None, 233, services_only=True),
     "TemporaryFileSystem": Prop("TemporaryFileSystem", "a(ss)", None, 238, services_only=True),

@@ -26,10 +26,10 @@ import os
 import signal
 import sys
 
-from ..errors import UsageError
+from ..errors import LaunchError, UsageError
 from ..spec import Inheritance
 from ..usage import OFF, Usage, Verdict
-from . import cgroupfs, child, properties
+from . import cgroupfs, child, envfile, properties
 from .record import CLD_EXITED, SETUP_STATUSES
 from .unitjob import CLEANUP_TIMEOUT, SystemdJob
 
@@ -68,7 +68,7 @@ class ServiceJob(SystemdJob):
         props = [enc("Type", "notify" if spec.sandbox.isolate else "exec"),
                  enc("ExecStart", [(*start, False)]),
                  enc("WorkingDirectory", spec.cwd),
-                 enc("Environment", self.environment()),
+                 self.environment_property(),
                  enc("StandardInputFileDescriptor", stdio[0]),
                  enc("StandardOutputFileDescriptor", stdio[1]),
                  enc("StandardErrorFileDescriptor", stdio[2]),
@@ -86,7 +86,11 @@ class ServiceJob(SystemdJob):
         if spec.group:
             props.append(enc("Group", spec.group))
         props += self.sandbox_properties()
-        self.start_unit(props + self.common_properties())
+        try:
+            self.start_unit(props + self.common_properties())
+        except BaseException:
+            self.forget_environment()
+            raise
 
     def inherited_properties(self, inherit: Inheritance) -> list:
         enc, asked = properties.encode, {name for name, _ in self.spec.properties}
@@ -106,6 +110,35 @@ class ServiceJob(SystemdJob):
             # affinity holds every process of the job to the same CPUs on every layout
             props.append(enc("CPUAffinity", properties.cpu_mask(self.spec.limits.allowed_cpus)))
         return props
+
+    def environment_property(self) -> tuple:
+        """The environment in a file only root can read (envfile.py), not in the unit's
+        properties, which every local user can read. Through the broker that is the rule: no
+        file, no job. A root caller's own job without the directory gets Environment=."""
+        assignments = self.environment()
+        try:
+            path = envfile.write(self.spec.unit_name, assignments)
+        except OSError as exc:
+            if self.spec.for_caller:
+                raise LaunchError(f"cannot write the job's environment file: "
+                                  f"{exc.strerror}") from None
+            self.log.notice(f"the job's environment is in its unit's properties, readable by "
+                            f"every local user: cannot write {envfile.DIRECTORY}: {exc.strerror}")
+            return properties.encode("Environment", assignments)
+        self.environment_file = path
+        return properties.encode("EnvironmentFiles", [(path, True)])
+
+    environment_file: str | None = None
+
+    def forget_environment(self) -> None:
+        """The start has completed (or failed): PID 1 has read the file, or never will."""
+        if self.environment_file is not None or self.spec.for_caller:
+            envfile.remove(self.spec.unit_name)
+            self.environment_file = None
+
+    def on_job_removed(self, result: str) -> None:
+        super().on_job_removed(result)
+        self.forget_environment()
 
     def environment(self) -> list[str]:
         """The job's environment, minus what systemd would refuse (it would refuse the unit)."""
@@ -139,18 +172,35 @@ class ServiceJob(SystemdJob):
         if sandbox.protect_system:
             props.append(enc("ProtectSystem", sandbox.protect_system))
             if sandbox.protect_system == "strict":  # the job must still write its own sandbox
-                rw = [self.spec.cwd]
-                scratch = self.spec.environment.get("_CONDOR_SCRATCH_DIR")
-                if scratch and scratch != self.spec.cwd and os.path.isdir(scratch):
-                    rw.append(scratch)
-                props.append(enc("ReadWritePaths", rw))
+                props.append(enc("ReadWritePaths", self.writable_paths()))
         return props
+
+    def writable_paths(self) -> list[str]:
+        """What ProtectSystem=strict leaves writable: the job's working and own directories.
+        Isolated through the broker, only the directory bound back: a writable execute root
+        (a working directory there) would undo the isolation. For a caller, its own
+        directory is the real path from its fd: no caller path is looked up."""
+        spec = self.spec
+        if spec.for_caller and spec.sandbox.isolate:
+            return [spec.scratch_target] if spec.scratch_target else []
+        rw = [spec.cwd]
+        scratch = spec.scratch_target if spec.for_caller else \
+            spec.environment.get("_CONDOR_SCRATCH_DIR")
+        if scratch and scratch != spec.cwd and (spec.for_caller or os.path.isdir(scratch)):
+            rw.append(scratch)
+        return rw
 
     def isolation_properties(self) -> list:
         """--isolate's file system half: of the execute root (the parent of the job's own
         directory), only the job's own directory is there; other processes are hidden from
         /proc where systemd can (ProtectProc=invisible); the PID namespace is pidns.py's."""
         enc = properties.encode
+        if self.spec.for_caller:  # the broker derived both from the caller's fd and root's policy
+            assert self.spec.execute_root and self.spec.scratch_target and self.spec.scratch_bind
+            return [enc("TemporaryFileSystem", [(self.spec.execute_root, "ro,mode=0755")]),
+                    enc("BindPaths", [(self.spec.scratch_bind, self.spec.scratch_target,
+                                       False, 0)]),
+                    enc("ProtectProc", "invisible")]
         scratch = os.path.normpath(self.spec.scratch_dir)
         root = os.path.dirname(scratch)
         if root == "/":
@@ -194,6 +244,7 @@ class ServiceJob(SystemdJob):
         self.kill_pids(pids, {holder})
 
     def collect(self) -> Usage:
+        self.forget_environment()
         props = self.get_all(SERVICE_IFACE)
         code, status = props.get("ExecMainCode", 0), props.get("ExecMainStatus", 0)
         setup_failed = code == 0 or (code == CLD_EXITED and status in SETUP_STATUSES)

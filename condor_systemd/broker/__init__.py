@@ -32,7 +32,7 @@ def main(socket_path: str | None = None, policy_file: str = POLICY_FILE) -> int:
     log = Log(to_tty=False)
     try:
         check_owner(policy_file)
-        policy = Policy.load(policy_file)
+        policy = Policy.load(policy_file).with_htcondor_execute()
     except ValueError as exc:
         log.error(f"policy: {exc}; not starting")
         print(f"condor-systemd broker: policy: {exc}", flush=True)

@@ -206,10 +206,13 @@ def environment(entries: list[str]) -> dict[str, str]:
     return out
 
 
-def check_stdio(fds: list[int], stdin: int, stdout: int, stderr: int) -> tuple[int, int, int]:
+def check_stdio(fds: list[int], stdin: int, stdout: int, stderr: int,
+                broker_addresses: frozenset[str] = frozenset()) -> tuple[int, int, int]:
     """The job's stdio from the fds that came with the call: regular files, character devices,
-    pipes or sockets (no directories, no O_PATH), open for reading (stdin) or writing.
-    Raises Invalid naming the one that is not; the caller closes all fds on any error."""
+    pipes or sockets (no directories, no O_PATH), open for reading (stdin) or writing; never
+    a connection to the broker itself (a job holding its caller's connection would keep
+    itself alive after the caller's death). Raises Invalid naming the one that is not; the
+    caller closes all fds on any error."""
     chosen = []
     for name, index, need in (("stdin", stdin, os.O_RDONLY), ("stdout", stdout, os.O_WRONLY),
                               ("stderr", stderr, os.O_WRONLY)):
@@ -223,6 +226,8 @@ def check_stdio(fds: list[int], stdin: int, stdout: int, stderr: int) -> tuple[i
             raise Invalid(name) from None
         kinds = (stat.S_ISREG(mode), stat.S_ISCHR(mode), stat.S_ISFIFO(mode), stat.S_ISSOCK(mode))
         if not any(kinds) or flags & O_PATH:
+            raise Invalid(name)
+        if stat.S_ISSOCK(mode) and _peer_address(fd) in broker_addresses:
             raise Invalid(name)
         access = flags & os.O_ACCMODE
         if access != os.O_RDWR and access != need:
@@ -244,6 +249,25 @@ def check_directory(fds: list[int], index: int, name: str) -> int:
 
 
 O_PATH = getattr(os, "O_PATH", 0o10000000)
+
+
+def _peer_address(fd: int) -> str | None:
+    """The address a connected AF_UNIX socket's peer is bound to (a listener's path)."""
+    import socket
+
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+    try:
+        if sock.family != socket.AF_UNIX:
+            return None
+        name = sock.getpeername()
+    except OSError:
+        return None
+    finally:
+        sock.close()  # our dup
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else name
 
 
 def _fcntl_flags(fd: int) -> int:

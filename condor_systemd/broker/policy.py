@@ -30,10 +30,12 @@ from ..spec import Inheritance, JobSpec, Limits, format_cpu_list, parse_percent,
 from .peer import Caps
 
 POLICY_FILE = "/etc/condor-systemd/broker.toml"
+DEFAULT_EXECUTE_ROOT = "/var/lib/condor/execute"  # EXECUTE of Debian's and the RPMs' HTCondor
 DEFAULTS: dict[str, dict[str, Any]] = {
     "broker": {
         "max_connections": 2048,     # open connections, all callers together
         "max_jobs_per_user": 256,    # running jobs per non-root uid
+        "max_connections_per_user": 320,  # open connections per non-root uid
         "request_timeout": 10.0,     # seconds a new connection has to make its call
         "max_stop_timeout": 300.0,   # --stop-timeout ceiling for non-root callers
     },
@@ -53,6 +55,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "sandbox": {
         "isolate": False,            # true: every non-root caller's job as with --isolate
+        # where jobs' own directories live; --isolate hides the one a job's directory is under
+        # and binds that directory back. []: HTCondor's EXECUTE (asked once at start), else
+        # DEFAULT_EXECUTE_ROOT. A job elsewhere cannot be isolated through the broker.
+        "execute_roots": [],
     },
     "htcondor": {  # the unit of a job under HTCondor, from its slot (htcondor.py)
         "memory_limit": "hard",      # the slot's Memory as MemoryMax; "soft": MemoryHigh; "none"
@@ -75,6 +81,12 @@ ALLOWED = frozenset((
                                   "NPROC", "MEMLOCK") for soft in ("", "Soft")),
 ))
 
+# -p properties that, on an isolated job, could reach past its own directory: a path of the
+# hidden execute root made read-write or read-only again (systemd drops the emptying tmpfs as
+# a duplicate mount), or other processes shown in /proc.
+UNDO_ISOLATION = frozenset(("ReadWritePaths", "ReadOnlyPaths", "InaccessiblePaths",
+                            "ProtectProc"))
+
 
 class Policy:
     def __init__(self, settings: dict[str, dict[str, Any]]) -> None:
@@ -82,6 +94,7 @@ class Policy:
         broker, limits = settings["broker"], settings["limits"]
         self.max_connections = int(broker["max_connections"])
         self.max_jobs_per_user = int(broker["max_jobs_per_user"])
+        self.max_connections_per_user = int(broker["max_connections_per_user"])
         self.request_timeout = float(broker["request_timeout"])
         self.max_stop_timeout = float(broker["max_stop_timeout"])
         self.memory_max = parse_size(limits["memory_max"]) if limits["memory_max"] else None
@@ -95,6 +108,17 @@ class Policy:
         self.allowed = ALLOWED | frozenset(settings["properties"]["allow"])
         self.htcondor = Mapping.from_settings(settings["htcondor"])
         self.isolate = bool(settings["sandbox"]["isolate"])
+        roots = settings["sandbox"]["execute_roots"]
+        if not all(isinstance(r, str) and r.startswith("/") and os.path.normpath(r) == r
+                   and r != "/" for r in roots):
+            raise UsageError("[sandbox] execute_roots: absolute, normalised paths below /")
+        self.execute_roots: tuple[str, ...] = tuple(roots)
+
+    def with_htcondor_execute(self) -> Policy:
+        """Without execute_roots in the file: HTCondor's EXECUTE, else the packages' default."""
+        if not self.execute_roots:
+            self.execute_roots = (htcondor_execute() or DEFAULT_EXECUTE_ROOT,)
+        return self
 
     @classmethod
     def load(cls, path: str = POLICY_FILE) -> Policy:
@@ -158,6 +182,11 @@ class Policy:
         if self.isolate and not sandbox.isolate:
             sandbox = sandbox._replace(isolate=True)
             capped.append(("isolate", "the broker's policy isolates every job"))
+        if sandbox.isolate:
+            for name, _text in spec.properties:
+                if name in UNDO_ISOLATION:
+                    raise UsageError(f"-p {name} is not allowed with --isolate through the "
+                                     "broker: it would reach past the job's own directory")
         spec = spec._replace(user=str(uid), group=str(gid), limits=limits,
                              stop_timeout=stop_timeout, properties=properties, sandbox=sandbox)
         return spec, capped
@@ -214,6 +243,23 @@ class Policy:
                 capped.append((name, f"asked {text}, capped to the caller's hard limit {hard}"))
                 return name, str(hard)
         return name, text
+
+
+def htcondor_execute() -> str | None:
+    """HTCondor's EXECUTE, as its own condor_config_val says (root's configuration)."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which("condor_config_val", path="/usr/bin:/usr/sbin:/bin:/sbin")
+    if tool is None:
+        return None
+    try:
+        out = subprocess.run([tool, "EXECUTE"], capture_output=True, text=True, timeout=10,
+                             stdin=subprocess.DEVNULL, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    path = os.path.normpath(out.stdout.strip()) if out.returncode == 0 else ""
+    return path if path.startswith("/") and path != "/" else None
 
 
 def check_owner(path: str) -> None:

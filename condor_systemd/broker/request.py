@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from ..errors import LaunchError, UsageError
 from ..spec import Inheritance, JobSpec
 from . import interface, peer
-from .scratch import job_tmp, own_directory, proc_path
+from .scratch import execute_root, job_tmp, own_directory, proc_path, real_path
 
 if TYPE_CHECKING:
     import argparse
@@ -34,7 +34,7 @@ class Request(NamedTuple):
 
 
 def prepare(parameters: dict, fds: list[int], caller: peer.Peer, policy: Policy,
-            layout: Layout) -> Request:
+            layout: Layout, broker_addresses: frozenset[str] = frozenset()) -> Request:
     """Raises interface.Invalid (a parameter), UsageError, or LaunchError (the caller left)."""
     from ..cli import Caller, spec_from_args
 
@@ -43,8 +43,9 @@ def prepare(parameters: dict, fds: list[int], caller: peer.Peer, policy: Policy,
     executable = interface.string(parameters, "executable")
     cwd = interface.string(parameters, "cwd")
     environ = interface.environment(interface.strings(parameters, "environment"))
-    stdio = interface.check_stdio(fds, *(interface.integer(parameters, name, 0, 2)
-                                         for name in ("stdin", "stdout", "stderr")))
+    stdin, stdout, stderr = (interface.integer(parameters, name, 0, 2)
+                             for name in ("stdin", "stdout", "stderr"))
+    stdio = interface.check_stdio(fds, stdin, stdout, stderr, broker_addresses)
     job_id = interface.string(parameters, "job_id", optional=True)
     slot = interface.string(parameters, "slot", optional=True)
     tmp_dirs = None
@@ -96,16 +97,26 @@ def prepare(parameters: dict, fds: list[int], caller: peer.Peer, policy: Policy,
         else:
             spec = spec._replace(tmp_binds=tuple(proc_path(fd) for fd in held))
     if caller.uid != 0:
-        # the job's own directory: bound by --isolate, and its disk gets the I/O caps
+        spec = spec._replace(for_caller=True)
+        # the job's own directory: bound by --isolate, and its disk gets the I/O caps; where
+        # it is, and which execute root --isolate hides, the kernel says from the fd
         own = own_directory(scratch_dir, caller.uid) if scratch_dir is not None else None
+        target = real_path(own) if own is not None else None
+        root = execute_root(target, policy.execute_roots) if target is not None else None
         if own is not None:
             held.append(own)
-            spec = spec._replace(scratch_bind=proc_path(own))
-        elif spec.sandbox.isolate:
+            spec = spec._replace(scratch_bind=proc_path(own), scratch_target=target,
+                                 execute_root=root)
+        if spec.sandbox.isolate and root is None:
             for fd in held:
                 os.close(fd)
-            raise UsageError(f"--isolate: the job's directory {spec.scratch_dir} is not a "
-                             "directory of the caller's")
+            if own is None:
+                raise UsageError(f"--isolate: the job's directory {spec.scratch_dir} is not a "
+                                 "directory of the caller's")
+            raise UsageError(f"--isolate: the job's directory {target or spec.scratch_dir} is "
+                             "not under an execute root ("
+                             + (", ".join(policy.execute_roots) or "none") +
+                             "; the broker's policy, [sandbox] execute_roots)")
     return Request(spec._replace(inherit=inherit), stdio, caps, capped, args.usage_file,
                    args.usage_format, args.log_file, held)
 

@@ -41,3 +41,23 @@ def own_directory(fd: int, uid: int) -> int | None:
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
         return None
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+
+
+def real_path(fd: int) -> str | None:
+    """Where the directory behind the fd really is, as the kernel names it (never what the
+    caller says it is); None for one that was removed or lies outside our mount namespace."""
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    if st.st_nlink == 0 or not path.startswith("/") or os.path.normpath(path) != path:
+        return None  # "... (deleted)", or a mount we cannot name
+    return path
+
+
+def execute_root(path: str, roots: tuple[str, ...]) -> str | None:
+    """The execute root (root's policy, HTCondor's EXECUTE) the job's directory lies under:
+    the deepest one, strictly above it."""
+    under = [root for root in roots if path.startswith(root.rstrip("/") + "/")]
+    return max(under, key=len) if under else None

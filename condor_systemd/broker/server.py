@@ -7,6 +7,8 @@ routed to the jobs by the backend and from there to the sessions.
 
 from __future__ import annotations
 
+import collections
+import functools
 import heapq
 import itertools
 import os
@@ -14,7 +16,7 @@ import selectors
 import signal
 import socket
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..backends.bus import BusError
 from ..backends.systemd import SystemdBackend
@@ -22,6 +24,9 @@ from ..log import Log
 from . import peer, restart, suspend
 from .policy import Policy
 from .session import Session
+
+if TYPE_CHECKING:
+    from ..backends.unitjob import SystemdJob
 
 CLEANUP_TIMEOUT = 10.0  # after collect(), how long a unit may take to go before we let it be
 
@@ -32,15 +37,19 @@ class Server:
         self.backend, self.policy, self.log = backend, policy, log
         self.selector = selectors.DefaultSelector()
         self.listeners = listeners
+        # a job's stdio must not be a connection to us (interface.check_stdio)
+        self.addresses = frozenset(_address(sock) for sock in listeners) - {""}
         for sock in listeners:
             sock.setblocking(False)
             self.selector.register(sock, selectors.EVENT_READ, ("listen", sock))
         self.selector.register(backend.conn.fileno(), selectors.EVENT_READ, ("bus", None))
         self.bus_fd = backend.conn.fileno()
         self.sessions: dict[int, Session] = {}  # by socket fd, while connected
+        self.connections: collections.Counter[int] = collections.Counter()  # by uid
+        self.refusals: dict[int, tuple[float, int]] = {}  # uid -> (last logged, since then)
         self.by_unit: dict[str, Session] = {}  # sessions whose job is not yet released
         self.ended_waiters: set[Session] = set()  # hung up, job still ending
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timers: list[tuple[float, int, Session | None, Callable[[], None]]] = []
         self.inotify: suspend.Inotify | None = None
         self.freeze_watches: dict[int, Session] = {}  # inotify watch -> session
         self._seq = itertools.count()
@@ -61,21 +70,20 @@ class Server:
                 elif kind == "bus":
                     pass  # pumped below, together with what calls have queued
                 elif kind == "session":
-                    try:
-                        if mask & selectors.EVENT_READ:
-                            obj.readable()
-                        if mask & selectors.EVENT_WRITE and not obj.closed:
-                            obj.writable()
-                    except Exception:  # noqa: BLE001 - a bug of ours must cost one caller, not all
-                        self.log.error(f"internal error serving uid {obj.peer.uid} pid "
-                                       f"{obj.peer.pid}: {_traceback()}")
-                        obj.hang_up()
+                    self.guarded(obj, functools.partial(self.serve_session, obj, mask))
                 elif kind == "signal":
                     self.signalled(obj)
                 elif kind == "inotify":
                     self.freezes_changed()
             self.pump()
             self.run_timers()
+
+    @staticmethod
+    def serve_session(session: Session, mask: int) -> None:
+        if mask & selectors.EVENT_READ:
+            session.readable()
+        if mask & selectors.EVENT_WRITE and not session.closed:
+            session.writable()
 
     def pump(self) -> None:
         if self.backend.conn.fileno() != self.bus_fd:  # reconnected after a daemon-reexec
@@ -84,29 +92,49 @@ class Server:
             self.selector.register(self.bus_fd, selectors.EVENT_READ, ("bus", None))
         for job in self.backend.pump():
             session = self.by_unit.get(job.unit or "")
-            if session is None:
-                continue
-            if session in self.ended_waiters:
-                if job.has_ended():
-                    self.ended_waiters.discard(session)
-                    session.collect_quietly()
-                elif session.killed_while_starting and job.phase == "running":
-                    session.killed_while_starting = False  # its caller left while it started
-                    job.kill_unit(signal.SIGKILL)
-            elif not session.final_sent:
-                session.job_event()
-            if job.released:
-                self.released(session)
+            if session is not None:
+                self.guarded(session, functools.partial(self.job_changed, session, job))
+
+    def job_changed(self, session: Session, job: SystemdJob) -> None:
+        if session in self.ended_waiters:
+            if job.has_ended():
+                self.ended_waiters.discard(session)
+                session.collect_quietly()
+            elif session.killed_while_starting and job.phase == "running":
+                session.killed_while_starting = False  # its caller left while it started
+                job.kill_unit(signal.SIGKILL)
+        elif not session.final_sent:
+            session.job_event()
+        if job.released:
+            self.released(session)
+
+    def guarded(self, session: Session, work: Callable[[], None]) -> None:
+        """Work for one caller: a bug of ours (or a path a caller found into one) costs that
+        caller its connection and job, never the broker and everybody else's."""
+        try:
+            work()
+        except Exception:  # noqa: BLE001
+            self.log.error(f"internal error serving uid {session.peer.uid} pid "
+                           f"{session.peer.pid}: {_traceback()}")
+            try:
+                session.hang_up()
+            except Exception:  # noqa: BLE001
+                self.log.error(f"cannot hang up on uid {session.peer.uid}: {_traceback()}")
 
     def run_timers(self) -> None:
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
-            _, _, callback = heapq.heappop(self._timers)
-            callback()
+            _, _, session, callback = heapq.heappop(self._timers)
+            if session is None:
+                callback()
+            else:
+                self.guarded(session, callback)
             self.pump()  # a callback's calls may have brought news
 
-    def at(self, deadline: float, callback: Callable[[], None]) -> None:
-        heapq.heappush(self._timers, (deadline, next(self._seq), callback))
+    def at(self, deadline: float, callback: Callable[[], None],
+           session: Session | None = None) -> None:
+        """callback at deadline; on behalf of a session, guarded (a failure costs it alone)."""
+        heapq.heappush(self._timers, (deadline, next(self._seq), session, callback))
 
     # -- connections ---------------------------------------------------------------------------
     def accept(self, listener: socket.socket) -> None:
@@ -118,15 +146,47 @@ class Server:
             except OSError as exc:  # EMFILE and the like: keep serving those we have
                 self.log.warning(f"accept failed: {exc}")
                 return
-            if len(self.sessions) >= self.policy.max_connections:
-                sock.close()  # over the limit: the caller sees the connection closed
+            try:
+                caller = peer.identify(sock)
+            except OSError:
+                sock.close()
+                continue
+            over = self.over_limit(caller.uid)
+            if over:  # the caller sees the connection closed
+                self.refusal(caller.uid, over)
+                caller.close()
+                sock.close()
                 continue
             sock.setblocking(False)
-            session = Session(self, sock)
-            self.sessions[sock.fileno()] = session
-            self.selector.register(sock, selectors.EVENT_READ, ("session", session))
+            session = Session(self, sock, caller)
+            self.add_session(session)
             self.at(time.monotonic() + self.policy.request_timeout,
-                    _bound(self.idle_check, session))
+                    _bound(self.idle_check, session), session)
+
+    def over_limit(self, uid: int) -> str | None:
+        """Connections are capped for all callers together and for each uid but root's, so
+        that one user holding connections open costs the others nothing."""
+        if len(self.sessions) >= self.policy.max_connections:
+            return f"the broker's {self.policy.max_connections} connections are in use"
+        if uid != 0 and self.connections[uid] >= self.policy.max_connections_per_user:
+            return f"uid {uid} holds {self.policy.max_connections_per_user} connections"
+        return None
+
+    def refusal(self, uid: int, why: str) -> None:
+        """One journal line per uid and minute for refusals, however many there are."""
+        now = time.monotonic()
+        since, count = self.refusals.get(uid, (0.0, 0))
+        if now - since >= 60:
+            suffix = f" ({count} more in the last minute)" if count else ""
+            self.log.warning(f"connection refused: {why}{suffix}")
+            self.refusals[uid] = (now, 0)
+        else:
+            self.refusals[uid] = (since, count + 1)
+
+    def add_session(self, session: Session) -> None:
+        self.sessions[session.sock.fileno()] = session
+        self.connections[session.peer.uid] += 1
+        self.selector.register(session.sock, selectors.EVENT_READ, ("session", session))
 
     def idle_check(self, session: Session) -> None:
         """A connection must make its call in time, and go once it has its answer. A call that
@@ -150,6 +210,7 @@ class Server:
         fd = session.sock.fileno()
         if self.sessions.get(fd) is session:
             del self.sessions[fd]
+            self.connections[session.peer.uid] -= 1
             self.selector.unregister(session.sock)
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -173,7 +234,8 @@ class Server:
                 self.freeze_watches[session.freeze_watch] = session
             except OSError as exc:
                 self.log.warning(f"cannot watch {events}: {exc}")
-        self.at(time.monotonic() + suspend.POLL_INTERVAL, _bound(self.look_at_caller, session))
+        self.at(time.monotonic() + suspend.POLL_INTERVAL, _bound(self.look_at_caller, session),
+                session)
 
     def suspension_now(self, session: Session) -> None:
         """Where the caller stands now (a job taken back after a restart of the broker)."""
@@ -192,7 +254,8 @@ class Server:
         if session.job is None or session.final_sent or session.hung_up:
             return
         session.caller_suspended(stopped=suspend.stopped(session.peer.pid))
-        self.at(time.monotonic() + suspend.POLL_INTERVAL, _bound(self.look_at_caller, session))
+        self.at(time.monotonic() + suspend.POLL_INTERVAL, _bound(self.look_at_caller, session),
+                session)
 
     def stop_following(self, session: Session) -> None:
         wd = session.freeze_watch
@@ -214,7 +277,7 @@ class Server:
             self.released(session)
             return
         self.at(time.monotonic() + job.spec.stop_timeout + CLEANUP_TIMEOUT,
-                lambda: self.give_up_on(session))
+                _bound(self.give_up_on, session), session)
 
     def give_up_on(self, session: Session) -> None:
         job = session.job
@@ -303,8 +366,7 @@ class Server:
             sock.setblocking(False)
             session = Session(self, sock, caller)
             session.kept = entry.kept()
-            self.sessions[sock.fileno()] = session
-            self.selector.register(sock, selectors.EVENT_READ, ("session", session))
+            self.add_session(session)
             try:
                 session.restore(state)
             except Exception:  # noqa: BLE001 - one bad entry must not cost the others
@@ -333,6 +395,14 @@ def _traceback() -> str:
     import traceback
 
     return traceback.format_exc().replace("\n", " | ")
+
+
+def _address(sock: socket.socket) -> str:
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return ""
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
 
 
 def _ids(state: dict) -> tuple[int, int, int]:

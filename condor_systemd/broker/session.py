@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .. import varlink
 from ..errors import CondorSystemdError, UsageError
-from ..log import Log
+from ..log import WARNING, Log
 from ..usage import job_attributes
 from . import interface, peer, request, restart
 
@@ -30,6 +30,16 @@ STOPPING = (signal.SIGTERM, signal.SIGINT)
 FORWARDABLE = frozenset(range(1, 32)) - {signal.SIGKILL, signal.SIGSTOP}
 
 
+# One caller's share of the journal and of our memory: what its job may make us say (every
+# line is the caller's doing: a signal forwarded, a cap applied) is bounded, so that one caller
+# cannot make journald's rate limit silence the broker's lines about everybody else.
+MAX_JOURNAL_LINES = 200  # per job
+MAX_PENDING_NOTICES = 64  # not yet sent to the caller
+MAX_NOTICE_LENGTH = 1024  # characters: 64 of them stay far below varlink's message limit
+# Forwarded signals: a burst, then so many a second; more are dropped (and counted, once).
+SIGNAL_BURST, SIGNALS_PER_SECOND = 20, 10.0
+
+
 class SessionLog(Log):
     """The job's diagnostics: to the journal (with its unit), and to the caller as notices."""
 
@@ -37,10 +47,30 @@ class SessionLog(Log):
         super().__init__(to_tty=False)
         self.session = session
         self.notices: list[dict] = []
+        self.lines = 0
+        self.dropped_notices = 0
 
     def emit(self, priority: int, message: str) -> None:
-        super().emit(priority, message)
-        self.notices.append({"priority": priority, "message": message})
+        self.lines += 1
+        if self.lines <= MAX_JOURNAL_LINES:
+            super().emit(priority, message)
+        elif self.lines == MAX_JOURNAL_LINES + 1:
+            super().emit(WARNING, f"more than {MAX_JOURNAL_LINES} lines about this job: the "
+                                  "rest go to the caller only")
+        if len(self.notices) < MAX_PENDING_NOTICES:
+            if len(message) > MAX_NOTICE_LENGTH:
+                message = message[:MAX_NOTICE_LENGTH - 3] + "..."
+            self.notices.append({"priority": priority, "message": message})
+        else:
+            self.dropped_notices += 1
+
+    def take(self) -> list[dict]:
+        notices, self.notices = self.notices, []
+        if self.dropped_notices:
+            notices.append({"priority": WARNING, "message": f"{self.dropped_notices} more "
+                                                          "notices were dropped"})
+            self.dropped_notices = 0
+        return notices
 
 
 class Session:
@@ -72,6 +102,8 @@ class Session:
         self.kept: restart.Kept | None = None  # the job's entry in systemd's fd store
         self.final_reply: dict | None = None
         self.saved_phase = ""
+        self.signal_tokens, self.signal_refill = float(SIGNAL_BURST), time.monotonic()
+        self.dropped_signals = 0
 
     # -- input ---------------------------------------------------------------------------------
     def readable(self) -> None:
@@ -133,7 +165,7 @@ class Session:
     def run(self, parameters: dict, fds: list[int]) -> dict | None:
         try:
             asked = request.prepare(parameters, fds, self.peer, self.server.policy,
-                                    self.server.backend.layout)
+                                    self.server.backend.layout, self.server.addresses)
             spec, stdio = asked.spec, asked.stdio
             self.held_fds = asked.held_fds
             self.caps, self.capped = asked.caps, asked.capped
@@ -184,11 +216,30 @@ class Session:
         signum = parameters.get("signal")
         if type(signum) is not int or signum not in FORWARDABLE or self.job is None:
             return  # oneway: nothing to answer; a bad one is ignored
+        starts_stop = signum in STOPPING and self.stop_deadline is None
+        if not self.signal_allowed() and not starts_stop:  # the stop itself is never dropped
+            self.dropped_signals += 1
+            return
+        if self.dropped_signals:
+            self.job.log.warning(f"{self.dropped_signals} signals dropped: more than "
+                                 f"{SIGNALS_PER_SECOND:g} a second")
+            self.dropped_signals = 0
         self.job.send_signal(signum)
         if signum in STOPPING and self.stop_deadline is None:
             self.stop_deadline = time.monotonic() + self.job.spec.stop_timeout
-            self.server.at(self.stop_deadline, self.stop_timeout_reached)
+            self.server.at(self.stop_deadline, self.stop_timeout_reached, self)
             self.remember()
+
+    def signal_allowed(self) -> bool:
+        """A token bucket: SIGNAL_BURST at once, then SIGNALS_PER_SECOND."""
+        now = time.monotonic()
+        self.signal_tokens = min(float(SIGNAL_BURST), self.signal_tokens +
+                                 (now - self.signal_refill) * SIGNALS_PER_SECOND)
+        self.signal_refill = now
+        if self.signal_tokens < 1:
+            return False
+        self.signal_tokens -= 1
+        return True
 
     def stop_timeout_reached(self) -> None:
         if self.job is not None and not self.final_sent and not self.killed:
@@ -275,10 +326,7 @@ class Session:
 
     # -- output --------------------------------------------------------------------------------
     def take_notices(self) -> list[dict]:
-        if self.log is None:
-            return []
-        notices, self.log.notices = self.log.notices, []
-        return notices
+        return [] if self.log is None else self.log.take()
 
     def flush_notices(self) -> None:
         if self.log is not None and self.log.notices and not self.final_sent:
@@ -365,7 +413,7 @@ class Session:
         self.announce()
         if self.stop_deadline is not None and not self.killed:
             self.job.stopping = True
-            self.server.at(self.stop_deadline, self.stop_timeout_reached)
+            self.server.at(self.stop_deadline, self.stop_timeout_reached, self)
         self.server.suspension_now(self)
         self.job_event()
 

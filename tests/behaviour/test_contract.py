@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -47,6 +48,30 @@ def test_environment_and_working_directory_pass_through(jobs):
     assert proc.stdout.splitlines() == [str(jobs.work / "sub"), "x y $z", "unset"], proc.stderr
     assert proc.returncode == 0
     assert not (jobs.work / "wrapper-error").exists()  # the job ran: nothing to tell HTCondor
+
+
+# What systemd's environment-file syntax would otherwise unescape, expand, strip or end at.
+AWKWARD_VALUES = {
+    "Q_QUOTES": "a\"b'c`d",
+    "Q_DOLLARS": "$HOME ${HOME} $$ %n %% \\$x",
+    "Q_BACKSLASHES": "\\ \\\\ x\\",
+    "Q_NEWLINES": "line1\nline2 # not a comment\n",
+    "Q_SPACES": "  lead and trail  ",
+    "Q_EMPTY": "",
+    "Q_UNICODE": "grüße ✓",
+}
+
+
+def test_awkward_environment_values_arrive_byte_for_byte(jobs):
+    """The job's environment travels in a file through the broker and as root (not in the
+    unit's properties): every value arrives as the caller had it, as the job's own os.environ
+    says."""
+    env = {"PATH": "/usr/bin:/bin", **AWKWARD_VALUES}
+    script = ("import json, os; print(json.dumps({k: v for k, v in os.environ.items() "
+              "if k.startswith('Q_')}))")
+    proc = jobs.run("--", PY, "-c", script, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == AWKWARD_VALUES
 
 
 def test_missing_command_is_127_and_tells_htcondor(jobs):

@@ -165,11 +165,12 @@ def test_a_caller_that_never_reads_is_cut_off(jobs):
 
 
 def test_idle_connections_do_not_lock_others_out(jobs):
-    """1,000 connections that never call: others are still answered at once, and the idle
-    ones are closed after the policy's request timeout (10 s)."""
-    result = attack(jobs, "idle", "1000")
+    """300 connections that never call (under the policy's 320 per user): another call is
+    still answered at once, and the idle ones are closed after the policy's request timeout
+    (10 s). One user holding more than that costs the others nothing: tests/security."""
+    result = attack(jobs, "idle", "300")
     assert result["answered"] and result["took"] < 1.0, result
-    assert result["idle_closed"] == 1000
+    assert result["idle_closed"] == 300
 
 
 def test_200_concurrent_jobs_each_with_its_exit_code(jobs):

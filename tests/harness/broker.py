@@ -72,7 +72,14 @@ def in_process_command() -> list[str]:
             CLIENT_PYTHON, str(SCRIPT)]
 
 
-def install(systemd, policy: str = "") -> None:  # noqa: ANN001 - Sandbox or RunningSystemd
+# The tests' jobs have their own directories under /var/lib/csd-tests (tests/jobs.py's
+# WORK_ROOT): that is their execute root, as HTCondor's EXECUTE is on a node; the attacks of
+# tests/security lay out an execute root of their own below it, as a node's.
+EXECUTE = "/var/lib/csd-tests/execute"
+TEST_POLICY = f'[sandbox]\nexecute_roots = ["/var/lib/csd-tests", "{EXECUTE}"]\n'
+
+
+def install(systemd, policy: str = TEST_POLICY) -> None:  # noqa: ANN001 - Sandbox or RunningSystemd
     """Install and start the broker's socket; (re)write the test policy (TOML text)."""
     copy_package()
     # the broker runs as root with this interpreter (it has jeepney: the venv, or Debian's

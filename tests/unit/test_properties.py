@@ -190,6 +190,7 @@ DOCUMENTED = {
     "ExecStart": ("ExecStart", "a(sasb)"),
     "WorkingDirectory": ("WorkingDirectory", "s"),
     "Environment": ("Environment", "as"),
+    "EnvironmentFiles": ("EnvironmentFiles", "a(sb)"),
     "LogExtraFields": ("LogExtraFields", "aay"),
     "BindPaths": ("BindPaths", "a(ssbt)"),
     # dbus-execute.c: SD_BUS_PROPERTY("TemporaryFileSystem", "a(ss)", ...)

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from condor_systemd.backends import envfile
 from condor_systemd.backends.systemd import SystemdBackend
 from condor_systemd.errors import (
     BackendUnavailable,
@@ -64,6 +65,7 @@ def make_fake(tmp_path, monkeypatch):
     def make(**kw: object) -> FakeSystemd:
         fake = FakeSystemd(tmp_path / f"systemd{len(fakes)}", **kw)  # type: ignore[arg-type]
         fake.install(monkeypatch)
+        monkeypatch.setattr(envfile, "DIRECTORY", str(tmp_path / "env"))
         fakes.append(fake)
         return fake
 
@@ -104,8 +106,20 @@ def record(usage) -> dict:
 
 # -- what is sent ----------------------------------------------------------------------------
 
-def test_start_sends_the_unit_systemd_documents(fake, stdio):
+def test_start_sends_the_unit_systemd_documents(fake, stdio, monkeypatch):
+    written: list[tuple[bytes, int]] = []
+    real_write = envfile.write
+
+    def write(unit: str, assignments: list[str]) -> str:
+        path = real_write(unit, assignments)
+        with open(path, "rb") as f:
+            written.append((f.read(), os.stat(path).st_mode & 0o777))
+        return path
+
+    monkeypatch.setattr(envfile, "write", write)
     job = start(fake, stdio)
+    env_file = envfile.path_for(job.spec.unit_name)
+    [(env_written, env_mode)] = written
     assert fake.simple_calls() == [START]
     assert fake.calls[0].args[3] == []  # no auxiliary units
     props = fake.started_properties()
@@ -114,8 +128,15 @@ def test_start_sends_the_unit_systemd_documents(fake, stdio):
     assert props["ExecStart"] == ("a(sasb)", [("/srv/job/job", ["./job", "--in", "$$HOME"],
                                                False)])
     assert props["WorkingDirectory"] == ("s", "/srv/job")
-    # systemd sets INVOCATION_ID itself, and refuses a name like BASH_FUNC_f%% (the whole unit)
-    assert props["Environment"] == ("as", ["PATH=/usr/bin:/bin", "HOME=/home/u", "NL=a\nb"])
+    # systemd sets INVOCATION_ID itself, and refuses a name like BASH_FUNC_f%% (the whole unit);
+    # the environment is in a file only root reads, not in the unit's (world-readable) properties
+    assert "Environment" not in props
+    assert props["EnvironmentFiles"] == ("a(sb)", [(env_file, True)])
+    assert env_written == b'PATH="/usr/bin:/bin"\nHOME="/home/u"\nNL="a\nb"\n'
+    assert env_mode == 0o600
+    assert os.path.exists(env_file)  # PID 1 reads it when it spawns the job
+    running(job)
+    assert not os.path.exists(env_file)  # gone once the start has completed
     assert props["StandardInputFileDescriptor"] == ("h", stdio[0])
     assert props["StandardOutputFileDescriptor"] == ("h", stdio[1])
     assert props["StandardErrorFileDescriptor"] == ("h", stdio[2])

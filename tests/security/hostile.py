@@ -1,0 +1,221 @@
+"""Attacks on the broker by an unprivileged user with a shell on the node, run as that user:
+
+    python3 csd_hostile.py NAME ARGS...     (PYTHONPATH: a world-readable copy of the package)
+
+Each speaks the broker's protocol directly, as a hostile client would (our own client would
+refuse to send most of this), and prints one JSON line with what it got; the tests judge it.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+
+from condor_systemd import varlink
+
+SOCKET = "/run/condor-systemd/io.condorsystemd.Job"
+RUN = "io.condorsystemd.Job.Run"
+SIGNAL = "io.condorsystemd.Job.Signal"
+
+
+def connect() -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(60)
+    sock.connect(SOCKET)
+    return sock
+
+
+def send(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:  # type: ignore[assignment]
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+    sock.sendmsg([varlink.encode(message)], rights if fds else [])
+
+
+def replies(sock: socket.socket):  # noqa: ANN201 - a generator of replies, then None if cut off
+    reader = varlink.Reader()
+    while True:
+        got = reader.next()
+        if got is not None:
+            yield got[0]
+            continue
+        try:
+            if not varlink.recv_into(sock, reader):
+                yield None
+                return
+        except (ConnectionResetError, BrokenPipeError):
+            yield None
+            return
+
+
+def final(sock: socket.socket) -> dict | None:
+    """The last reply of a call (the one without "continues"), or None if cut off."""
+    for reply in replies(sock):
+        if reply is None or not reply.get("continues"):
+            return reply
+    return None
+
+
+def run_call(directory: str, command: list[str], arguments: list[str] = (),  # type: ignore[assignment]
+             environment: list[str] = (), cwd: str | None = None,  # type: ignore[assignment]
+             scratch: str | None = None) -> tuple[socket.socket, str]:
+    """A Run call whose job writes its stdout and stderr to DIRECTORY/out; the connection."""
+    out = os.path.join(directory, "out")
+    fds = [os.open(os.devnull, os.O_RDONLY), os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                                                      0o644)]
+    fds.append(os.dup(fds[1]))
+    parameters: dict = {"arguments": list(arguments), "command": command,
+                        "executable": command[0], "cwd": cwd or directory,
+                        "environment": ["PATH=/usr/bin:/bin", *environment],
+                        "stdin": 0, "stdout": 1, "stderr": 2}
+    if scratch is not None:
+        fds.append(os.open(scratch, os.O_PATH | os.O_DIRECTORY))
+        parameters["scratch"] = 3
+    sock = connect()
+    send(sock, {"method": RUN, "more": True, "parameters": parameters}, fds)
+    for fd in fds:
+        os.close(fd)
+    return sock, out
+
+
+def run_and_wait(directory: str, command: list[str], **kw: object) -> dict:
+    sock, out = run_call(directory, command, **kw)  # type: ignore[arg-type]
+    reply = final(sock)
+    sock.close()
+    with open(out) as f:
+        return {"reply": reply, "out": f.read()}
+
+
+PROBE_ETC = ("test -s /etc/passwd && echo etc-intact; grep NoNewPrivs /proc/self/status; "
+             "test -e /etc/x && echo etc-x-exists; true")
+
+
+def isolate_named_path(directory: str) -> dict:
+    """--isolate, with the environment naming /etc/x as the job's directory and an fd of our own
+    directory: before, /etc was emptied and our directory bound there (a path to root through
+    any setuid program that trusts /etc)."""
+    return run_and_wait(directory, ["/bin/sh", "-c", PROBE_ETC], arguments=["--isolate"],
+                        environment=["_CONDOR_SCRATCH_DIR=/etc/x"], scratch=directory)
+
+
+def isolate(directory: str, script: str, cwd: str, *arguments: str) -> dict:
+    """--isolate (plus ARGUMENTS) of our own DIRECTORY, working in CWD: the job runs SCRIPT."""
+    return run_and_wait(directory, ["/bin/sh", "-c", script], cwd=cwd,
+                        arguments=["--isolate", *arguments], scratch=directory)
+
+
+def broker_as_stdin(directory: str) -> dict:
+    """A second connection to the broker as the job's stdin: the job would hold it, and our
+    death (HTCondor's hard kill) would not end the job."""
+    held = connect()
+    fds = [os.dup(held.fileno()), os.open(os.devnull, os.O_WRONLY),
+           os.open(os.devnull, os.O_WRONLY)]
+    parameters = {"arguments": [], "command": ["/bin/sleep", "30"], "executable": "/bin/sleep",
+                  "cwd": directory, "environment": ["PATH=/usr/bin:/bin"],
+                  "stdin": 0, "stdout": 1, "stderr": 2}
+    sock = connect()
+    send(sock, {"method": RUN, "more": True, "parameters": parameters}, fds)
+    for fd in fds:
+        os.close(fd)
+    reply = next(replies(sock))
+    sock.close()
+    held.close()
+    return {"reply": reply}
+
+
+def idle_connection() -> socket.socket | None:
+    """A connection that will never call (None if the kernel refused it: a full backlog)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.connect(SOCKET)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def hold_connections(count: str, seconds: str) -> None:
+    """COUNT idle connections, held for SECONDS (prints how many it got, then waits), and
+    whatever the broker closes is opened again at once."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, int(count) + 64), hard))
+    held = []
+    deadline = time.monotonic() + 20
+    while len(held) < int(count) and time.monotonic() < deadline:
+        sock = idle_connection()
+        if sock is None:
+            time.sleep(0.01)  # the backlog is full: the broker is accepting
+        else:
+            held.append(sock)
+    print(json.dumps({"opened": len(held)}), flush=True)
+    deadline = time.monotonic() + float(seconds)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        for sock in list(held):
+            try:
+                if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b"":
+                    continue
+            except BlockingIOError:
+                continue
+            except OSError:
+                pass
+            held.remove(sock)
+            sock.close()
+            again = idle_connection()
+            if again is not None:
+                held.append(again)
+
+
+def signal_flood(directory: str, count: str) -> dict:
+    """COUNT forwarded signals as fast as we can send them, then kill our own job's main
+    process: before, the broker crashed (and five such crashes in 10 s would have hit
+    systemd's start limit: no broker for anybody)."""
+    pid_file = os.path.join(directory, "pid")
+    sock, _out = run_call(directory, ["/bin/sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"])
+    first = next(replies(sock))
+    deadline = time.monotonic() + 30
+    while not read(pid_file):
+        if time.monotonic() > deadline:
+            return {"first": first, "error": "the job never started"}
+        time.sleep(0.05)
+    message = varlink.encode({"method": SIGNAL, "oneway": True,
+                              "parameters": {"signal": int(signal.SIGWINCH)}})
+    sent = 0
+    for _ in range(int(count)):
+        try:
+            sock.sendall(message)
+            sent += 1
+        except OSError:
+            break
+    os.kill(int(read(pid_file)), signal.SIGKILL)
+    reply = final(sock)
+    sock.close()
+    return {"first": first, "sent": sent, "final": reply}
+
+
+def read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
+ATTACKS = {
+    "isolate-named-path": isolate_named_path,
+    "isolate": isolate,
+    "broker-as-stdin": broker_as_stdin,
+    "hold-connections": hold_connections,
+    "signal-flood": signal_flood,
+}
+
+
+if __name__ == "__main__":
+    result = ATTACKS[sys.argv[1]](*sys.argv[2:])
+    if result is not None:
+        print(json.dumps(result))
