@@ -237,6 +237,13 @@ class Inheritance(NamedTuple):
             nice = None
         return cls(umask, rlimits, cpus, oom, nice)
 
+    def unread(self) -> list[str]:
+        """What could not be read: through the broker, each would let the job get more than
+        its caller has (higher rlimits, a lower nice or oom_score_adj, every CPU)."""
+        return [name for name, value in (
+            ("umask", self.umask), ("rlimits", self.rlimits or None), ("CPU affinity", self.cpus),
+            ("oom_score_adj", self.oom_score_adj), ("nice", self.nice)) if value is None]
+
     def restricted_cpus(self) -> tuple[int, ...] | None:
         """The affinity, if it keeps to fewer CPUs than are online (HTCondor's
         ASSIGN_CPU_AFFINITY); None if it is no restriction or unknown."""

@@ -273,6 +273,10 @@ BREAKAGES = (
              "_ESCAPED: dict = {}",
              ("tests/behaviour/test_contract.py::test_awkward_environment_values_arrive_byte_for_"
               "byte" + SD,)),
+    Breakage("a caller's slice without its cgroup's caps", "condor_systemd/broker/slices.py",
+             "tasks_max=caps.tasks_max, allowed_cpus=caps.cpus) if capped else Limits()",
+             "tasks_max=caps.tasks_max, allowed_cpus=caps.cpus) if False else Limits()",
+             (SEC + "test_a_callers_jobs_together_stay_within_its_cgroup",)),
     Breakage("a broker connection as the job's stdin", "condor_systemd/broker/interface.py",
              "        if stat.S_ISSOCK(mode) and _peer_address(fd) in broker_addresses:",
              "        if False:",

@@ -187,7 +187,10 @@ class SystemdJobs(Jobs):
     def leftovers(self) -> str:
         left = self.inside("systemctl", "list-units", "--all", "--plain", "--no-legend",
                            "condor-job-*").stdout.strip()
-        cgroups = self.inside("sh", "-c", "ls -d /sys/fs/cgroup/*/condor.slice/condor-job-* "
+        cgroups = self.inside("sh", "-c", "ls -d /sys/fs/cgroup/condor.slice/condor-job-* "
+                                          "/sys/fs/cgroup/condor.slice/*/condor-job-* "
+                                          "/sys/fs/cgroup/*/condor.slice/condor-job-* "
+                                          "/sys/fs/cgroup/*/condor.slice/*/condor-job-* "
                                           "2>/dev/null").stdout.strip()
         if not (left or cgroups):
             return ""

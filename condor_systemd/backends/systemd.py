@@ -13,8 +13,8 @@ import os
 
 from ..errors import BackendUnavailable, CondorSystemdError, LaunchError, UnitExists
 from ..log import Log
-from ..spec import JobSpec
-from . import cgroupfs
+from ..spec import JobSpec, Limits
+from . import cgroupfs, properties
 from .bus import BusError, Connection
 from .scope import ScopeJob
 from .service import ServiceJob
@@ -79,6 +79,44 @@ class SystemdBackend:
             self.forget(job)
             raise
         return job
+
+    # -- slices that group jobs (the broker's one per caller cgroup) ------------------------------
+    def ensure_slice(self, name: str, description: str, limits: Limits,
+                     cpu_weight: int | None = None) -> None:
+        """Start the transient slice `name` with these limits, or, if it is there already,
+        set them on it. Raises LaunchError when systemd refuses either."""
+        enc = properties.encode
+        props = [enc("Description", description)]
+        props += [enc(n, True) for n in ("CPUAccounting", "MemoryAccounting", "TasksAccounting")]
+        for field, prop in properties.LIMIT_PROPERTY.items():
+            value = getattr(limits, field)
+            if value is None:
+                continue
+            if field == "cpu_quota_percent":
+                value = properties.cpu_quota_usec(value)
+            elif field == "allowed_cpus":
+                value = properties.cpu_mask(value)
+            props.append(enc(prop, value))
+        if cpu_weight is not None:
+            props.append(enc("CPUWeight", cpu_weight))
+        try:
+            self.conn.call_manager("StartTransientUnit", "ssa(sv)a(sa(sv))",
+                                   (name, "fail", props, []))
+            return
+        except BusError as exc:
+            if not exc.name.endswith(".UnitExists"):
+                raise map_bus_error(exc, name) from None
+        try:  # ours from an earlier job of the same caller: its caps as they are now
+            self.conn.call_manager("SetUnitProperties", "sba(sv)", (name, True, props))
+        except BusError as exc:
+            raise map_bus_error(exc, name) from None
+
+    def stop_slice(self, name: str) -> None:
+        """Its last job is gone: let the slice go (best effort; an empty slice costs little)."""
+        try:
+            self.conn.call_manager("StopUnit", "ss", (name, "fail"))
+        except BusError:
+            pass
 
     def adopt(self, spec: JobSpec, log: Log, phase: str, cgroup: str | None,
               enforced: dict) -> ServiceJob | ScopeJob:

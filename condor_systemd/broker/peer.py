@@ -20,6 +20,7 @@ import struct
 from typing import NamedTuple
 
 from ..backends import cgroupfs
+from ..errors import LaunchError
 
 SO_PEERPIDFD = 77  # include/uapi/asm-generic/socket.h, Linux 6.5; not in Python 3.11's socket
 NO_PIDFD = -1
@@ -71,14 +72,17 @@ class Caps(NamedTuple):
     tasks_max: int | None = None
     cgroup: str | None = None  # the caller's cgroup (the unified one if any), for the record
     freeze_file: str | None = None  # its cgroup.events on cgroup v2: "frozen 1" when suspended
+    cpu_weight: int | None = None  # its own cpu.weight (v1: cpu.shares as a weight)
 
 
 def cgroup_caps(pid: int, layout: cgroupfs.Layout | None = None,
                 proc: str = "/proc") -> Caps:
-    """The limits in force where the caller runs; an unreadable cgroup gives no caps."""
+    """The limits in force where the caller runs. Fails closed: LaunchError when they cannot be
+    read (the caller's /proc hidden, no fds left...), never "no limit". A limit file that is not
+    there (its controller not enabled) is no limit."""
     layout = layout or cgroupfs.probe_layout()
     paths = _cgroup_paths(f"{proc}/{pid}/cgroup")
-    memory = cpu = tasks = None
+    memory = cpu = tasks = weight = None
     cpus: tuple[int, ...] | None = None
     events = None
     unified = paths.get("")
@@ -88,6 +92,7 @@ def cgroup_caps(pid: int, layout: cgroupfs.Layout | None = None,
             tasks = _min(tasks, _bytes(directory, "pids.max"))
             cpu = _min(cpu, _v2_quota(directory))
         cpus = _cpus(layout.unified + unified, "cpuset.cpus.effective")
+        weight = _bytes(layout.unified + unified, "cpu.weight") if unified != "/" else None
         events = os.path.join(layout.unified + unified, "cgroup.events")
     else:
         for controller, read in (("memory", "memory.limit_in_bytes"),
@@ -104,6 +109,8 @@ def cgroup_caps(pid: int, layout: cgroupfs.Layout | None = None,
         if mount and path is not None:
             for directory in _ancestors(mount, path):
                 cpu = _min(cpu, _v1_quota(directory))
+            shares = _bytes(mount + path, "cpu.shares") if path != "/" else None
+            weight = None if shares is None else max(1, min(10000, round(shares * 100 / 1024)))
         mount, path = layout.v1.get("cpuset"), paths.get("cpuset")
         if mount and path is not None:
             cpus = _cpus(mount + path, "cpuset.effective_cpus")
@@ -111,7 +118,7 @@ def cgroup_caps(pid: int, layout: cgroupfs.Layout | None = None,
             events = os.path.join(layout.unified + unified, "cgroup.events")
     cgroup = unified if unified is not None else paths.get("name=systemd")
     return Caps(memory, cpu, cpus, tasks, cgroup, events if events and os.path.exists(events)
-                else None)
+                else None, weight)
 
 
 def _cgroup_paths(path: str) -> dict[str, str]:
@@ -120,8 +127,9 @@ def _cgroup_paths(path: str) -> dict[str, str]:
     try:
         with open(path) as f:
             lines = f.read().splitlines()
-    except OSError:
-        return out
+    except OSError as exc:
+        raise LaunchError(f"cannot read the caller's cgroup ({path}: {exc.strerror}): the job "
+                          "is refused rather than run without its caller's limits") from None
     for line in lines:
         _id, _, rest = line.partition(":")
         controllers, _, cgroup = rest.partition(":")
@@ -140,11 +148,15 @@ def _ancestors(mount: str, cgroup: str) -> list[str]:
 
 
 def _read(directory: str, name: str) -> str | None:
+    path = os.path.join(directory, name)
     try:
-        with open(os.path.join(directory, name)) as f:
+        with open(path) as f:
             return f.read().strip()
-    except OSError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # the controller is not enabled there: no limit from it
+    except OSError as exc:
+        raise LaunchError(f"cannot read the caller's limits ({path}: {exc.strerror}): the job "
+                          "is refused rather than run without them") from None
 
 
 def _bytes(directory: str, name: str) -> int | None:

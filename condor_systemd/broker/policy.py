@@ -5,8 +5,9 @@ the broker is the only policy point. For a caller that is not root, always:
 
 * the unit runs as the caller (User=/Group= are its uid/gid); --uid/--gid are root's only;
 * only the properties in ALLOWED (and the site's [properties] allow) may be set with -p; the
-  unit's command, identity, capabilities, stdio, Delegate=, other slices than condor.slice and
-  its children, scopes (the broker cannot fork the caller's process) are refused in one line;
+  unit's command, identity, capabilities, stdio, Delegate=, a slice of the caller's choosing
+  (slices.py chooses: one per caller cgroup), scopes (the broker cannot fork the caller's
+  process) are refused in one line;
 * limits are capped by the site policy file AND by the caller's own cgroup (under HTCondor: the
   slot's), so that leaving HTCondor's cgroup never means escaping the slot's limits: without
   --memory the job gets the caller's memory limit, with a larger one the smaller; the same for
@@ -163,8 +164,9 @@ class Policy:
         if spec.scope:
             raise UsageError("--scope is not available through the broker (a scope holds the "
                              "caller's own processes); run the job as a service")
-        if spec.slice != "condor.slice" and not spec.slice.startswith("condor-"):
-            raise UsageError(f"slice {spec.slice} is not condor.slice or one of its children")
+        if spec.slice != "condor.slice":
+            raise UsageError(f"--slice {spec.slice}: the broker chooses the slice of a caller's "
+                             "jobs (one per caller cgroup, in condor.slice); --slice is root's")
         for name, _text in spec.properties:
             if name not in self.allowed:
                 raise UsageError(f"-p {name} is not allowed for unprivileged callers (the "

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import LaunchError, UsageError
 from ..spec import Inheritance, JobSpec
-from . import interface, peer
+from . import interface, peer, slices
 from .scratch import execute_root, job_tmp, own_directory, proc_path, real_path
 
 if TYPE_CHECKING:
@@ -81,14 +81,23 @@ def prepare(parameters: dict, fds: list[int], caller: peer.Peer, policy: Policy,
         from ..htcondor import apply
 
         spec = apply(spec, facts, policy.htcondor, named=args.name is not None)
+    # Fail closed: what cannot be read about the caller would be what caps it
     inherit = Inheritance.of_process(caller.pid)
-    caps = peer.cgroup_caps(caller.pid, layout)
+    caps = peer.cgroup_caps(caller.pid, layout)  # LaunchError when unreadable
     if not caller.alive():
         raise LaunchError("the caller is gone")
+    unread = inherit.unread()
+    if unread and caller.uid != 0:
+        raise LaunchError(f"cannot read the caller's {', '.join(unread)} from /proc: the job "
+                          "is refused rather than run without its caller's limits")
     capped: list[tuple[str, str]] = []
     if caller.uid != 0:
         spec = spec._replace(job_id=f"u{caller.uid}-{spec.job_id}")
         spec, capped = policy.apply(spec, caller.uid, caller.gid, caps, inherit)
+        if not caps.cgroup:
+            raise LaunchError("cannot tell the caller's cgroup: the job is refused rather than "
+                              "run outside its caller's budget")
+        spec = spec._replace(slice=slices.name_for(caller.uid, caps.cgroup))
     held: list[int] = []
     if tmp_dirs is not None and spec.sandbox.private_tmp:
         held, why = job_tmp(tmp_dirs, caller.uid)  # type: ignore[arg-type]

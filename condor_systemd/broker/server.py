@@ -24,6 +24,7 @@ from ..log import Log
 from . import peer, restart, suspend
 from .policy import Policy
 from .session import Session
+from .slices import CallerSlices
 
 if TYPE_CHECKING:
     from ..backends.unitjob import SystemdJob
@@ -51,6 +52,7 @@ class Server:
         self.ended_waiters: set[Session] = set()  # hung up, job still ending
         self._timers: list[tuple[float, int, Session | None, Callable[[], None]]] = []
         self.inotify: suspend.Inotify | None = None
+        self.slices = CallerSlices(backend)
         self.freeze_watches: dict[int, Session] = {}  # inotify watch -> session
         self._seq = itertools.count()
         self.stopping = False
@@ -293,6 +295,12 @@ class Server:
         job = session.job
         if job is not None and self.by_unit.get(job.unit or "") is session:
             del self.by_unit[job.unit or ""]
+            self.leave_slice(session)
+
+    def leave_slice(self, session: Session) -> None:
+        if session.in_slice is not None:
+            self.slices.leave(session.in_slice)
+            session.in_slice = None
 
     def jobs_of(self, uid: int) -> int:
         return sum(1 for s in self.by_unit.values() if s.peer.uid == uid)

@@ -103,6 +103,7 @@ class Session:
         self.final_reply: dict | None = None
         self.saved_phase = ""
         self.signal_tokens, self.signal_refill = float(SIGNAL_BURST), time.monotonic()
+        self.in_slice: str | None = None  # the caller slice its job counts in (slices.py)
         self.dropped_signals = 0
 
     # -- input ---------------------------------------------------------------------------------
@@ -186,12 +187,24 @@ class Session:
         for key, why in self.capped:
             self.log.notice(f"{key}: {why}")
         self.spec = spec
+        try:
+            if self.peer.uid != 0:  # its jobs together within the caller's cgroup (slices.py)
+                assert self.caps is not None
+                self.server.slices.enter(spec.slice, self.peer.uid, self.caps,
+                                         self.server.policy.cap_by_caller_cgroup)
+                self.in_slice = spec.slice
+        except CondorSystemdError as exc:
+            self.release_held_fds()
+            self.log.error(str(exc))
+            return interface.reply_error(interface.LAUNCH_FAILED, message=str(exc),
+                                         exit_code=exc.exit_code)
         self.keep()  # before the unit exists: a broker killed from here on leaves it findable
         try:
             self.job = self.server.backend.start(spec, stdio, self.log)
         except CondorSystemdError as exc:
             self.forget_kept()
             self.release_held_fds()
+            self.server.leave_slice(self)
             self.log.error(str(exc))
             if isinstance(exc, UsageError):
                 return interface.reply_error(interface.USAGE_ERROR, message=str(exc))
@@ -408,6 +421,9 @@ class Session:
             self.send(self.final_reply)
             self.server.releasing(self)
             return
+        if self.peer.uid != 0 and self.spec.slice.startswith("condor-u"):
+            self.server.slices.adopt(self.spec.slice)
+            self.in_slice = self.spec.slice
         self.caps = peer.cgroup_caps(self.peer.pid, self.server.backend.layout)
         self.server.follow_suspension(self)
         self.announce()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -40,10 +41,20 @@ def test_the_job_runs_as_the_caller_in_its_own_unit(jobs):
         time.sleep(0.05)
     unit = "condor-job-u65534-who.service"  # a caller's ids cannot collide with another's
     assert jobs.inside("systemctl", "show", "-P", "User", unit).stdout.strip() == "65534"
-    assert jobs.inside("systemctl", "show", "-P", "Slice", unit).stdout.strip() == "condor.slice"
+    # in the slice of its caller's cgroup (broker/slices.py), in condor.slice
+    slice_name = jobs.inside("systemctl", "show", "-P", "Slice", unit).stdout.strip()
+    assert re.fullmatch(r"condor-u65534_c[0-9a-f]{16}\.slice", slice_name), slice_name
+    assert jobs.inside("systemctl", "show", "-P", "Slice", slice_name).stdout.strip() == \
+        "condor.slice"
+    assert "the jobs of uid 65534 from /" in jobs.inside(
+        "systemctl", "show", "-P", "Description", slice_name).stdout
     assert ready.read_text().strip() == "65534"
     os.kill(jobs.wrapper_pid(proc), signal.SIGTERM)
     assert proc.wait(timeout=30) == -signal.SIGTERM
+    deadline = time.monotonic() + 15  # the slice goes with its last job
+    while jobs.inside("systemctl", "is-active", slice_name).stdout.strip() == "active":
+        assert time.monotonic() < deadline, f"{slice_name} outlived its last job"
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -51,7 +62,8 @@ def test_the_job_runs_as_the_caller_in_its_own_unit(jobs):
     (["-p", "SupplementaryGroups=root"], "-p SupplementaryGroups is not allowed for "
                                          "unprivileged callers"),
     (["-p", "MemoryLow=1G"], "-p MemoryLow is not allowed"),
-    (["--slice", "system.slice"], "slice system.slice is not condor.slice"),
+    (["--slice", "system.slice"], "--slice system.slice: the broker chooses the slice"),
+    (["--slice", "condor-other.slice"], "--slice condor-other.slice: the broker chooses"),
     (["--scope"], "--scope is not available through the broker"),
 ])
 def test_what_an_unprivileged_caller_may_not_ask_is_refused_in_one_line(jobs, options, message):
@@ -375,7 +387,7 @@ def test_under_htcondor_the_unit_gets_the_slots_limits_and_the_jobs_ids(jobs, fa
 
     def kernel(controller: str, name: str) -> str:
         root = "/sys/fs/cgroup" if facts.unified else f"/sys/fs/cgroup/{controller}"
-        return jobs.inside("cat", f"{root}/condor.slice/{unit}/{name}").stdout.strip()
+        return jobs.inside("cat", f"{root}{show('ControlGroup')}/{name}").stdout.strip()
 
     assert show("Description") == \
         f"HTCondor job 12.3 of alice on slot1_1: {f'sh -c {script}'[:117]}..."

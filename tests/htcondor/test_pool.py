@@ -50,7 +50,9 @@ def test_a_job_runs_as_its_owner_in_its_own_unit_with_its_output_and_exit_code(p
     assert ad["ExitCode"] == 3 and not ad.get("ExitBySignal"), ad
     out = (work / "out").read_text().splitlines()
     assert out[:2] == ["out", SUBMITTER], out
-    assert any("condor.slice/condor-job-u" in line for line in out[2:]), out
+    # in the slice of its slot's cgroup (one per caller cgroup: the broker's slices.py)
+    assert any(re.search(r"/condor\.slice/condor-u\d+_c[0-9a-f]{16}\.slice/condor-job-u", line)
+               for line in out[2:]), out
     assert (work / "err").read_text() == "err\n"
     assert "condor-systemd" not in (work / "log").read_text()  # no user-log event unasked
 
@@ -396,5 +398,7 @@ def test_jobs_side_by_side_on_the_partitionable_slot_each_have_their_own_limits(
         limits.append((int(memory_max) >> 20, weight))
         units.add(cgroup)
     assert limits == [(128, "100"), (256, "100")], limits
-    assert len(units) == 2 and all("/condor.slice/condor-job-u" in u for u in units), units
+    assert len(units) == 2 and all(re.search(r"/condor\.slice/condor-u\d+_c[0-9a-f]{16}\.slice/"
+                                             r"condor-job-u", u) for u in units), units
+    assert len({u.rsplit("/", 2)[-2] for u in units}) == 2, units  # a slice per slot
     assert max(s for s, _ in spans) < min(e for _, e in spans), f"not side by side: {spans}"

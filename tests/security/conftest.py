@@ -25,11 +25,14 @@ class User:
         self.name, self.uid, self.gid = name, entry.pw_uid, entry.pw_gid
         self.systemd = systemd
 
-    def argv(self, *argv: str) -> list[str]:
+    def as_user(self, *argv: str) -> list[str]:
         """argv as this user, with the package copy on Python's path."""
-        return self.systemd.command(["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}",
-                                     "--clear-groups", "env", f"PYTHONPATH={harness.PKG}",
-                                     *argv], str(WORK_ROOT))
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
+                "env", f"PYTHONPATH={harness.PKG}", *argv]
+
+    def argv(self, *argv: str) -> list[str]:
+        """The same, where the broker's systemd runs (the sandbox's namespaces, or the guest)."""
+        return self.systemd.command(self.as_user(*argv), str(WORK_ROOT))
 
     def run(self, *argv: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
         kw.setdefault("capture_output", True)

@@ -198,6 +198,39 @@ def signal_flood(directory: str, count: str) -> dict:
     return {"first": first, "sent": sent, "final": reply}
 
 
+HOLD = """
+import os, sys, time
+directory, me, mib = sys.argv[1], sys.argv[2], int(sys.argv[3])
+block = bytearray(mib << 20)
+for i in range(0, len(block), 4096):  # every page touched: resident, counted
+    block[i] = 1
+open(os.path.join(directory, "held-" + me), "w").close()
+deadline = time.monotonic() + 15
+while time.monotonic() < deadline:
+    if all(os.path.exists(os.path.join(directory, "held-" + k)) for k in "012"):
+        print("all three held at once")
+        sys.exit(0)
+    time.sleep(0.05)
+sys.exit(3)
+"""
+
+
+def three_jobs(directory: str, mib: str) -> dict:
+    """Three jobs at once from our one cgroup, each holding MIB MiB until all three hold it:
+    per-job caps alone let a caller multiply its slot."""
+    calls = []
+    for n in "012":
+        job_dir = os.path.join(directory, f"job{n}")
+        os.mkdir(job_dir)
+        calls.append(run_call(job_dir, ["/usr/bin/python3", "-c", HOLD, directory, n, mib]))
+    finals = [final(sock) for sock, _out in calls]
+    outs = []
+    for sock, out in calls:
+        sock.close()
+        outs.append(read(out))
+    return {"finals": finals, "outs": outs}
+
+
 def read(path: str) -> str:
     try:
         with open(path) as f:
@@ -212,6 +245,7 @@ ATTACKS = {
     "broker-as-stdin": broker_as_stdin,
     "hold-connections": hold_connections,
     "signal-flood": signal_flood,
+    "three-jobs": three_jobs,
 }
 
 

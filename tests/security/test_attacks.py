@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.harness import broker as harness
+from tests.security.conftest import HOSTILE
 
 USAGE_ERROR = "io.condorsystemd.Job.UsageError"
 
@@ -105,6 +106,26 @@ def two_jobs_of_one_account(root, user):  # noqa: ANN001, ANN201
     for path in (other, other / "secret"):
         os.chown(path, user.uid, user.gid)
     return other
+
+
+# -- 2b. no more than its own cgroup has, summed over all its jobs ---------------------------------
+def test_a_callers_jobs_together_stay_within_its_cgroup(users, execute, broker):
+    """The attacker's cgroup has MemoryMax=200M (a slot); it starts three jobs at once, each
+    holding 120 MiB until all three hold theirs. Capped per job only, all three held 360 MiB
+    at once. Now they share one slice with the cgroup's 200M: the kernel kills one (its own
+    memory.events say so), and the three never hold their memory together."""
+    _root, dirs = execute
+    attacker = users["attacker"]
+    proc = broker.run(
+        ["systemd-run", "--quiet", "--scope", "--unit", "csd-sec-slot", "-p", "MemoryMax=200M",
+         "--", *attacker.as_user(harness.CLIENT_PYTHON, str(HOSTILE), "three-jobs",
+                                 str(dirs["attacker"]), "120")],
+        str(dirs["attacker"]), capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert "all three held at once" not in " ".join(got["outs"]), got
+    signals = [(f or {}).get("parameters", {}).get("signal") for f in got["finals"]]
+    assert signal.SIGKILL in signals, got  # the kernel's OOM kill, in the slice
 
 
 # -- 3. another user's job, its environment and its record ----------------------------------------
