@@ -221,6 +221,23 @@ LIMIT_PROPERTY = {
     "io_weight": "IOWeight",
     "tasks_max": "TasksMax",
 }
+
+
+def limit_properties(limits: object) -> list[tuple[str, tuple[str, object]]]:
+    """The unit properties of the limits that are set (a Limits: spec.py)."""
+    out = []
+    for field, name in LIMIT_PROPERTY.items():
+        value = getattr(limits, field)
+        if value is None:
+            continue
+        if field == "cpu_quota_percent":
+            value = cpu_quota_usec(value)
+        elif field == "allowed_cpus":
+            value = cpu_mask(value)
+        out.append(encode(name, value))
+    return out
+
+
 # the limits on one block device: not -p settable (the device is the job directory's)
 IO_DEVICE_PROPERTY = {
     "io_read_bandwidth": "IOReadBandwidthMax",

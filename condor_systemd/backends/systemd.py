@@ -88,15 +88,7 @@ class SystemdBackend:
         enc = properties.encode
         props = [enc("Description", description)]
         props += [enc(n, True) for n in ("CPUAccounting", "MemoryAccounting", "TasksAccounting")]
-        for field, prop in properties.LIMIT_PROPERTY.items():
-            value = getattr(limits, field)
-            if value is None:
-                continue
-            if field == "cpu_quota_percent":
-                value = properties.cpu_quota_usec(value)
-            elif field == "allowed_cpus":
-                value = properties.cpu_mask(value)
-            props.append(enc(prop, value))
+        props += properties.limit_properties(limits)
         if cpu_weight is not None:
             props.append(enc("CPUWeight", cpu_weight))
         try:

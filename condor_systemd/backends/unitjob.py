@@ -112,15 +112,7 @@ class SystemdJob:
                  enc("TimeoutStopSec", int((spec.stop_timeout + HOLD_GRACE) * 1e6))]
         props += [enc(n, True) for n in ("CPUAccounting", "MemoryAccounting", "IOAccounting",
                                          "TasksAccounting")]
-        for field, name in properties.LIMIT_PROPERTY.items():
-            value = getattr(spec.limits, field)
-            if value is None:
-                continue
-            if field == "cpu_quota_percent":
-                value = properties.cpu_quota_usec(value)
-            elif field == "allowed_cpus":
-                value = properties.cpu_mask(value)
-            props.append(enc(name, value))
+        props += properties.limit_properties(spec.limits)
         for name, text in spec.properties:
             props.append(properties.encode_text(name, text))
         if spec.log_fields:
