@@ -62,16 +62,18 @@ def read_all(fd: int) -> bytes:
     return data
 
 
-def under_tmp(path: str) -> bool:
-    """Is path, as given or resolved, in /tmp or /var/tmp (which a private /tmp replaces)?"""
-    paths = {os.path.abspath(path), os.path.realpath(path)}
+def under_tmp(path: str, resolve: bool = True) -> bool:
+    """Is path, as given or resolved, in /tmp or /var/tmp (which a private /tmp replaces)?
+    The broker does not resolve a caller's paths (a hung file system would stall it): as
+    given only."""
+    paths = {os.path.abspath(path)} | ({os.path.realpath(path)} if resolve else set())
     return any(p == d or p.startswith(d + "/") for p in paths for d in ("/tmp", "/var/tmp"))
 
 
-def private_tmp_conflict(cwd: str, executable: str) -> str | None:
+def private_tmp_conflict(cwd: str, executable: str, resolve: bool = True) -> str | None:
     """Why a private /tmp must stay off for this job, or None."""
     hidden = [what for what, path in (("working directory", cwd), ("command", executable))
-              if under_tmp(path)]
+              if under_tmp(path, resolve)]
     if not hidden:
         return None
     return f"the {' and '.join(hidden)} under /tmp or /var/tmp would be hidden by it"

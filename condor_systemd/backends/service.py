@@ -157,7 +157,8 @@ class ServiceJob(SystemdJob):
         sandbox, enc = self.spec.sandbox, properties.encode
         props = []
         if sandbox.private_tmp:
-            conflict = child.private_tmp_conflict(self.spec.cwd, self.spec.executable)
+            conflict = child.private_tmp_conflict(self.spec.cwd, self.spec.executable,
+                                                  resolve=not self.spec.for_caller)
             if conflict:
                 self.enforced["private_tmp"] = Verdict(OFF, conflict)
             elif self.spec.tmp_binds:  # HTCondor's scratch directory's tmp and var/tmp

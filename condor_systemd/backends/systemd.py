@@ -110,6 +110,32 @@ class SystemdBackend:
         except BusError:
             pass
 
+    def units_in_slices(self, pattern: str, slice_prefix: str) -> list[str]:
+        """Loaded units matching the glob whose slice's name starts with slice_prefix."""
+        try:
+            (units,) = self.conn.call_manager("ListUnitsByPatterns", "asas", ([], [pattern]))
+        except BusError:
+            return []
+        found = []
+        for unit in units:
+            name, path = unit[0], unit[6]
+            try:
+                (variant,) = self.conn.call(path, "org.freedesktop.DBus.Properties", "Get", "ss",
+                                            ("org.freedesktop.systemd1.Service", "Slice"))
+            except BusError:
+                continue
+            if str(variant[1]).startswith(slice_prefix):
+                found.append(name)
+        return found
+
+    def kill_unit_by_name(self, name: str) -> None:
+        """SIGKILL to every process of a unit no job object answers for (ExecStopPost's holder
+        too: the unit then goes, CollectMode=inactive-or-failed)."""
+        try:
+            self.conn.call_manager("KillUnit", "ssi", (name, "all", 9))
+        except BusError:
+            pass
+
     def adopt(self, spec: JobSpec, log: Log, phase: str, cgroup: str | None,
               enforced: dict) -> ServiceJob | ScopeJob:
         """A job another process started (a broker before its restart), as it stands now.

@@ -134,10 +134,14 @@ class SystemdJob:
         if not asked:
             return
         where = self.spec.scratch_bind or self.spec.scratch_dir
-        try:
-            disk, why = blockdev.whole_disk(os.stat(where).st_dev)
-        except OSError as exc:
-            disk, why = None, f"cannot stat the job's directory: {exc.strerror}"
+        if self.spec.for_caller and not self.spec.scratch_bind:
+            # a caller's path is never looked up (a hung file system would stall the broker)
+            disk, why = None, "the caller sent no directory of its own (an fd) to find its disk"
+        else:
+            try:
+                disk, why = blockdev.whole_disk(os.stat(where).st_dev)
+            except OSError as exc:
+                disk, why = None, f"cannot stat the job's directory: {exc.strerror}"
         if disk is None:
             for key in asked:
                 self.enforced[key] = Verdict(NOT_ENFORCED, why)

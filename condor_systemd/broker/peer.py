@@ -2,9 +2,11 @@
 
 The caller is who the kernel says: SO_PEERCRED (uid, gid, pid at connect time), plus
 SO_PEERPIDFD where the kernel has it (Linux >= 6.5), a pidfd that cannot be confused with a
-process that later reuses the pid. Everything else about the caller is read from /proc/PID
-(its cgroup, rlimits, nice, oom_score_adj), never taken from its message, and re-checked
-against the pidfd afterwards: a caller that died (and whose pid was reused) meanwhile is gone.
+process that later reuses the pid; on older kernels a pidfd opened at accept, whose process
+must have started before the accept (its start time). Everything else about the caller is
+read from /proc/PID (its cgroup, rlimits, nice, oom_score_adj), never taken from its message,
+and re-checked against the pidfd afterwards: a caller that died (and whose pid was reused)
+meanwhile is gone.
 
 A job must not escape its HTCondor slot by leaving the slot's cgroup: :func:`cgroup_caps` reads
 the limits in force on the caller's cgroup and every ancestor (memory, CPU quota, cpuset, pids),
@@ -17,9 +19,11 @@ import os
 import signal
 import socket
 import struct
+import time
 from typing import NamedTuple
 
 from ..backends import cgroupfs
+from ..backends.pidfd import open_pidfd
 from ..errors import LaunchError
 
 SO_PEERPIDFD = 77  # include/uapi/asm-generic/socket.h, Linux 6.5; not in Python 3.11's socket
@@ -30,18 +34,13 @@ class Peer(NamedTuple):
     uid: int
     gid: int
     pid: int
-    pidfd: int  # NO_PIDFD where the kernel lacks SO_PEERPIDFD
+    pidfd: int  # NO_PIDFD: the kernel has no pidfds (before 5.3), or the caller is gone
+    start_time: int | None = None  # /proc/PID/stat's starttime (clock ticks after boot)
 
     def alive(self) -> bool:
         """Is the process we identified still there (not a successor with its pid)?"""
-        if self.pidfd == NO_PIDFD:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                pass
-            return True
+        if self.pidfd == NO_PIDFD:  # gone at accept (None), or a kernel without pidfds
+            return self.start_time is not None and start_time(self.pid) == self.start_time
         try:
             signal.pidfd_send_signal(self.pidfd, 0)
         except ProcessLookupError:
@@ -53,14 +52,48 @@ class Peer(NamedTuple):
             os.close(self.pidfd)
 
 
-def identify(sock: socket.socket) -> Peer:
+def identify(sock: socket.socket, accepted_at: float | None = None) -> Peer:
+    """Who is at the other end. The pid is bound to its process at once: SO_PEERPIDFD where
+    the kernel has it (6.5), else a pidfd opened now, checked by the start time: a process
+    that started after we accepted the connection (its pid reused) is not the caller, and
+    the caller counts as gone."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
     try:
         pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
     except OSError:  # ENOPROTOOPT before 6.5
-        pidfd = NO_PIDFD
-    return Peer(uid, gid, pid, pidfd)
+        try:
+            pidfd = open_pidfd(pid)
+        except ProcessLookupError:
+            return Peer(uid, gid, pid, NO_PIDFD, None)  # gone already
+        started = start_time(pid)
+        if started is None or (accepted_at is not None and started > _ticks(accepted_at)):
+            if pidfd != NO_PIDFD:  # a successor: it must never be taken for the caller
+                os.close(pidfd)
+            return Peer(uid, gid, pid, NO_PIDFD, None)
+        return Peer(uid, gid, pid, pidfd, started)
+    return Peer(uid, gid, pid, pidfd, start_time(pid))
+
+
+def start_time(pid: int, proc: str = "/proc") -> int | None:
+    """The process's start, in clock ticks after boot (field 22 of /proc/PID/stat)."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2:].split()  # the command name may hold spaces and ')'
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _ticks(monotonic: float) -> int:
+    """A time.monotonic() reading as /proc's starttime counts (boot time, clock ticks); the
+    one-tick slack covers the rounding of both."""
+    boot = time.clock_gettime(time.CLOCK_BOOTTIME) - time.monotonic()
+    return int((monotonic + boot) * os.sysconf("SC_CLK_TCK")) + 1
 
 
 class Caps(NamedTuple):

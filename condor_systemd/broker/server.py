@@ -23,7 +23,7 @@ from ..backends.systemd import SystemdBackend
 from ..log import Log
 from . import peer, restart, suspend
 from .policy import Policy
-from .session import Session
+from .session import JournalBudget, Session
 from .slices import CallerSlices
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ class Server:
         self._timers: list[tuple[float, int, Session | None, Callable[[], None]]] = []
         self.inotify: suspend.Inotify | None = None
         self.slices = CallerSlices(backend)
+        self.journal_budget = JournalBudget(log)
         self.freeze_watches: dict[int, Session] = {}  # inotify watch -> session
         self._seq = itertools.count()
         self.stopping = False
@@ -73,6 +74,8 @@ class Server:
                     pass  # pumped below, together with what calls have queued
                 elif kind == "session":
                     self.guarded(obj, functools.partial(self.serve_session, obj, mask))
+                elif kind == "caller":  # the caller process ended: as a hang-up
+                    self.guarded(obj, functools.partial(self.caller_ended, obj))
                 elif kind == "signal":
                     self.signalled(obj)
                 elif kind == "inotify":
@@ -148,8 +151,9 @@ class Server:
             except OSError as exc:  # EMFILE and the like: keep serving those we have
                 self.log.warning(f"accept failed: {exc}")
                 return
+            accepted_at = time.monotonic()
             try:
-                caller = peer.identify(sock)
+                caller = peer.identify(sock, accepted_at)
             except OSError:
                 sock.close()
                 continue
@@ -189,6 +193,20 @@ class Server:
         self.sessions[session.sock.fileno()] = session
         self.connections[session.peer.uid] += 1
         self.selector.register(session.sock, selectors.EVENT_READ, ("session", session))
+        if session.peer.pidfd != peer.NO_PIDFD:
+            # the caller's own end, not only its connection's: a connection handed to
+            # another process (a job of its own) must not keep the job alive after it
+            self.selector.register(session.peer.pidfd, selectors.EVENT_READ,
+                                   ("caller", session))
+
+    @staticmethod
+    def caller_ended(session: Session) -> None:
+        """Its replies may still be unread in the socket: read what is there first, as on a
+        hang-up (a wrapper that died after its job's end got its answer)."""
+        if not session.closed:
+            session.readable()
+        if not session.closed:
+            session.hang_up()
 
     def idle_check(self, session: Session) -> None:
         """A connection must make its call in time, and go once it has its answer. A call that
@@ -214,6 +232,8 @@ class Server:
             del self.sessions[fd]
             self.connections[session.peer.uid] -= 1
             self.selector.unregister(session.sock)
+            if session.peer.pidfd != peer.NO_PIDFD:
+                self.selector.unregister(session.peer.pidfd)
 
     # -- jobs ----------------------------------------------------------------------------------
     def started(self, session: Session) -> None:
@@ -383,6 +403,18 @@ class Server:
             self.pump()
         if entries:
             self.log.info(f"took back {len(entries)} jobs from the previous broker")
+        self.kill_orphans()
+
+    def kill_orphans(self) -> None:
+        """Callers' units that no session answers for (their state was lost or could not be
+        taken back): nobody would ever reap them or tell anybody how they ended, so they are
+        killed, and the journal says so. A job never runs on without its broker."""
+        claimed = set(self.by_unit)
+        for unit in self.backend.units_in_slices("condor-job-u*.service", "condor-u"):
+            if unit not in claimed:
+                self.log.warning(f"{unit} has no caller any more (its state was lost in a "
+                                 "restart of the broker): killing it")
+                self.backend.kill_unit_by_name(unit)
 
     def shut_down(self) -> None:
         """Stop: every job still running is killed (a job must not outlive the broker that

@@ -40,6 +40,30 @@ MAX_NOTICE_LENGTH = 1024  # characters: 64 of them stay far below varlink's mess
 SIGNAL_BURST, SIGNALS_PER_SECOND = 20, 10.0
 
 
+class JournalBudget:
+    """Journal lines about one uid's jobs: a burst, then so many a second; the rest go to the
+    callers only, and the next line allowed says how many were held back."""
+
+    BURST, PER_SECOND = 400, 20.0
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.uids: dict[int, tuple[float, float, int]] = {}  # uid -> (tokens, when, held back)
+
+    def allows(self, uid: int) -> bool:
+        now = time.monotonic()
+        tokens, when, held = self.uids.get(uid, (float(self.BURST), now, 0))
+        tokens = min(float(self.BURST), tokens + (now - when) * self.PER_SECOND)
+        if tokens < 1:
+            self.uids[uid] = (tokens, now, held + 1)
+            return False
+        if held:
+            self.log.warning(f"{held} lines about the jobs of uid {uid} were not logged: more "
+                             f"than {self.PER_SECOND:g} a second")
+        self.uids[uid] = (tokens - 1, now, 0)
+        return True
+
+
 class SessionLog(Log):
     """The job's diagnostics: to the journal (with its unit), and to the caller as notices."""
 
@@ -52,7 +76,8 @@ class SessionLog(Log):
 
     def emit(self, priority: int, message: str) -> None:
         self.lines += 1
-        if self.lines <= MAX_JOURNAL_LINES:
+        budget = self.session.server.journal_budget
+        if self.lines <= MAX_JOURNAL_LINES and budget.allows(self.session.peer.uid):
             super().emit(priority, message)
         elif self.lines == MAX_JOURNAL_LINES + 1:
             super().emit(WARNING, f"more than {MAX_JOURNAL_LINES} lines about this job: the "
@@ -386,6 +411,7 @@ class Session:
                 "spec": restart.spec_to_state(job.spec if job else self.spec),
                 "phase": self.saved_phase,
                 "uid": self.peer.uid, "gid": self.peer.gid, "pid": self.peer.pid,
+                "start_time": self.peer.start_time,
                 "cgroup": job.cgroup if job else None,
                 "enforced": restart.verdicts_to_state(job.enforced if job else {}),
                 "capped": self.capped, "usage_file": self.usage_file,
@@ -407,6 +433,14 @@ class Session:
             self.final_sent = True
             self.send(self.final_reply)
             return
+        # the connection may be another process's by now (the caller died, a job of its own
+        # holds it): its caller is gone, as on a hang-up
+        uid = int(state.get("uid", -1))
+        replaced = self.peer.uid != uid or (state.get("start_time") is not None and
+                                            state["start_time"] != self.peer.start_time)
+        if uid != 0 and (not self.spec.job_id.startswith(f"u{uid}-") or
+                         self.spec.user != str(uid)):  # not a caller's job as we make them
+            raise ValueError(f"{self.spec.unit_name} is not a job of uid {uid}")
         self.log = SessionLog(self)
         self.job = self.server.backend.adopt(
             self.spec, self.log, state.get("phase") or "starting", state.get("cgroup"),
@@ -424,6 +458,9 @@ class Session:
         if self.peer.uid != 0 and self.spec.slice.startswith("condor-u"):
             self.server.slices.adopt(self.spec.slice)
             self.in_slice = self.spec.slice
+        if replaced or not self.peer.alive():
+            self.hang_up()
+            return
         self.caps = peer.cgroup_caps(self.peer.pid, self.server.backend.layout)
         self.server.follow_suspension(self)
         self.announce()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 
@@ -67,6 +68,8 @@ def test_awkward_environment_values_arrive_byte_for_byte(jobs):
     unit's properties): every value arrives as the caller had it, as the job's own os.environ
     says."""
     env = {"PATH": "/usr/bin:/bin", **AWKWARD_VALUES}
+    if "PYTHONPATH" in os.environ:  # the wrapper's own (tests/breakages.py points it at a copy)
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     script = ("import json, os; print(json.dumps({k: v for k, v in os.environ.items() "
               "if k.startswith('Q_')}))")
     proc = jobs.run("--", PY, "-c", script, env=env)

@@ -231,6 +231,23 @@ def three_jobs(directory: str, mib: str) -> dict:
     return {"finals": finals, "outs": outs}
 
 
+def connection_outlives_caller(directory: str) -> dict:
+    """Start a job, hand the connection to a child of ours that keeps it open, and die: the
+    broker saw no hang-up before, and the job ran on (HTCondor's hard kill kills the wrapper;
+    a process it left behind in a cgroup HTCondor does not clean, or a job of its own, would
+    keep the job alive)."""
+    sock, _out = run_call(directory, ["/bin/sleep", "300"])
+    first = next(replies(sock))
+    if os.fork() == 0:  # the child: holds the connection for 60 s, reads nothing
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # the test reads our output to its end: not the child's
+            os.dup2(devnull, fd)
+        time.sleep(60)
+        os._exit(0)
+    return {"first": first}
+
+
 def read(path: str) -> str:
     try:
         with open(path) as f:
@@ -246,6 +263,7 @@ ATTACKS = {
     "hold-connections": hold_connections,
     "signal-flood": signal_flood,
     "three-jobs": three_jobs,
+    "connection-outlives-caller": connection_outlives_caller,
 }
 
 

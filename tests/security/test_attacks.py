@@ -185,6 +185,26 @@ def test_a_broker_connection_is_refused_as_the_jobs_stdio(users, execute, broker
     assert unit_list(broker) == ""
 
 
+def test_a_connection_that_outlives_its_caller_does_not_keep_the_job(users, execute, broker):
+    """The caller hands its connection to a child and dies: the broker watches the caller
+    process itself (a pidfd), and kills the job at once although the connection stays open."""
+    _root, dirs = execute
+    attacker = users["attacker"]
+    got = attacker.attack("connection-outlives-caller", str(dirs["attacker"]))
+    unit = got["first"]["parameters"]["unit"]
+    try:
+        deadline = time.monotonic() + 10
+        while unit in unit_list(broker):
+            assert time.monotonic() < deadline, f"{unit} outlived its caller:\n{unit_list(broker)}"
+            time.sleep(0.1)
+        journal = broker.run(["journalctl", "--no-pager", "-u", unit], capture_output=True,
+                             text=True).stdout
+        assert "the caller is gone: killing every process of the job" in journal, journal
+    finally:
+        broker.run(["pkill", "-KILL", "-u", str(attacker.uid), "-f", "csd_hostile"],
+                   check=False)
+
+
 # -- 5. the broker's service for everybody --------------------------------------------------------
 def test_idle_connections_of_one_user_cost_another_nothing(users, execute, broker):
     """The attacker holds 2,100 connections open (more than the broker's 2,048 for everybody),
@@ -222,3 +242,30 @@ def test_a_signal_flood_does_not_bring_the_broker_down(users, execute, broker):
     assert broker_state(broker) == before
     proc = users["victim"].run(*users["victim"].client("run", "--", "true"))
     assert proc.returncode == 0, proc.stderr
+
+
+# -- fail closed (the unreadable caller: tests/unit/test_peer.py) -------------------------------
+def test_a_callers_unit_that_no_broker_answers_for_is_killed(users, broker):
+    """A unit in a caller's slice whose state the broker lost (here: one it never started) is
+    killed when a broker starts, and the journal says so: no job runs on without a broker."""
+    unit = f"condor-job-u{users['attacker'].uid}-orphan.service"
+    broker.run(["systemd-run", "--quiet", "--unit", unit,
+                "--slice", f"condor-u{users['attacker'].uid}_c0123456789abcdef.slice",
+                "sleep", "300"])
+    broker.run(["systemctl", "restart", "condor-systemd.service"])
+
+    def state() -> str:
+        return broker.run(["systemctl", "show", "-P", "ActiveState", unit], capture_output=True,
+                          text=True).stdout.strip()
+
+    deadline = time.monotonic() + 15
+    while state() == "active":
+        assert time.monotonic() < deadline, unit_list(broker)
+        time.sleep(0.1)
+    result = broker.run(["systemctl", "show", "-P", "Result", unit], capture_output=True,
+                        text=True).stdout.strip()
+    broker.run(["systemctl", "reset-failed", unit], check=False)  # systemd-run's unit stays
+    assert result == "signal", result
+    journal = broker.run(["journalctl", "--no-pager", "-u", "condor-systemd.service", "-n", "50"],
+                         capture_output=True, text=True).stdout
+    assert f"{unit} has no caller any more" in journal, journal
