@@ -322,10 +322,11 @@ class _JobSpecFields(NamedTuple):
     # broker's /proc/self/fd paths of the HTCondor scratch directory's tmp and var/tmp).
     tmp_binds: tuple[str, ...] = ()
     # Through the broker (an unprivileged caller): the job's own directory as the broker's
-    # /proc/self/fd path of the directory the caller opened (None: the path itself, as root),
-    # its real path (read from that fd, never from the caller's strings) and the execute root
-    # it lies under (root's policy or HTCondor's EXECUTE): --isolate hides that root and binds
-    # the directory back at its real path. for_caller: no path the caller named is looked up.
+    # /proc/self/fd path of the directory the caller opened (None: the path itself, as root;
+    # its disk gets the I/O caps); if it is the caller's own, its real path (read from that
+    # fd, never from the caller's strings) and the execute root it lies under (root's policy
+    # or HTCondor's EXECUTE): --isolate hides that root and binds the directory back at its
+    # real path. for_caller: no path the caller named is looked up.
     scratch_bind: str | None = None
     scratch_target: str | None = None
     execute_root: str | None = None

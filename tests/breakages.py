@@ -292,6 +292,15 @@ BREAKAGES = (
              "        raise LaunchError(f\"cannot read the caller's limits",
              "        return None\n        raise LaunchError(f\"cannot read the caller's limits",
              ("tests/unit/test_peer.py::test_an_unreadable_limit_file_refuses_the_job",)),
+    Breakage("swap not capped by the caller's cgroup", POLICY,
+             '            ceilings["swap_max"] = [(caps.swap_max, by_cgroup)]\n', "",
+             ("tests/unit/test_policy.py::test_limits_are_capped_by_the_callers_cgroup_and_"
+              "say_so",)),
+    Breakage("memory nodes not narrowed to the caller's", POLICY,
+             '        if name == "AllowedMemoryNodes" and self.cap_by_caller_cgroup',
+             '        if False and self.cap_by_caller_cgroup',
+             ("tests/unit/test_policy.py::test_memory_nodes_are_narrowed_to_the_callers_and_"
+              "none_of_them_is_refused",)),
     Breakage("a broker connection as the job's stdin", "condor_systemd/broker/interface.py",
              "        if stat.S_ISSOCK(mode) and _peer_address(fd) in broker_addresses:",
              "        if False:",

@@ -101,7 +101,7 @@ class ScopeJob(SystemdJob):
             time.sleep(0.001)  # let the kernel finish the kills before rereading cgroup.procs
         self.log.warning("processes survived SIGKILL; accounting may be incomplete")
 
-    def collect(self) -> Usage:
+    def collect(self, release: bool = True) -> Usage:  # a scope's cgroup goes with it anyway
         self.has_ended()
         acct = cgroupfs.Accounting()
         if self.cgroup:

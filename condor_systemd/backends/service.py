@@ -244,13 +244,14 @@ class ServiceJob(SystemdJob):
         holder = self.get_all(SERVICE_IFACE).get("ControlPID", 0)
         self.kill_pids(pids, {holder})
 
-    def collect(self) -> Usage:
+    def collect(self, release: bool = True) -> Usage:
         self.forget_environment()
         props = self.get_all(SERVICE_IFACE)
         code, status = props.get("ExecMainCode", 0), props.get("ExecMainStatus", 0)
         setup_failed = code == 0 or (code == CLD_EXITED and status in SETUP_STATUSES)
         if self.phase == "start-failed" or (self.phase == "ended-early" and setup_failed):
-            self.release_cgroup()
+            if release:
+                self.release_cgroup()
             raise self.start_failure(code, status)
         self.cgroup = props.get("ControlGroup") or self.cgroup
         if self.phase == "ended-early":  # it ran, briefly: systemd logs "Failed to start"
@@ -268,8 +269,12 @@ class ServiceJob(SystemdJob):
         wall = (exited - started) / 1e6 if started and exited >= started else None
         peak = props.get("MemoryPeak") if acct.memory_peak_bytes is not None else None
         usage = self.make_usage(code, status, acct, wall, props.get("Result", ""), peak)
-        self.release_cgroup()
+        if release:
+            self.release_cgroup()
         return usage
+
+    def release(self) -> None:
+        self.release_cgroup()
 
     def finish(self) -> Usage:
         try:

@@ -136,6 +136,17 @@ class SystemdBackend:
         except BusError:
             pass
 
+    def release_ended(self, name: str) -> None:
+        """A unit whose job has ended and been collected, held only by its ExecStopPost
+        holder: end the holder (its control process), and systemd lets the unit go. A unit
+        in any other state is left alone."""
+        try:
+            props = self.conn.get_all(unit_object_path(name), UNIT_IFACE)
+            if props.get("SubState") == "stop-post":
+                self.conn.call_manager("KillUnit", "ssi", (name, "control", 9))
+        except BusError:
+            pass
+
     def adopt(self, spec: JobSpec, log: Log, phase: str, cgroup: str | None,
               enforced: dict) -> ServiceJob | ScopeJob:
         """A job another process started (a broker before its restart), as it stands now.

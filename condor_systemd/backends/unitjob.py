@@ -93,9 +93,14 @@ class SystemdJob:
     def main_has_ended(self) -> bool:
         raise NotImplementedError
 
-    def collect(self) -> Usage:
-        """Kill leftovers, read accounting and let the unit go; the job's record."""
+    def collect(self, release: bool = True) -> Usage:
+        """Kill leftovers, read accounting and (release) let the unit go; the job's record.
+        With release=False the unit, and its exit status, stay until release(): the broker
+        keeps the reply first, so that a broker killed in between loses nothing."""
         raise NotImplementedError
+
+    def release(self) -> None:
+        """Let the unit go after collect(release=False)."""
 
     def kill(self) -> None:
         raise NotImplementedError

@@ -106,6 +106,8 @@ class Caps(NamedTuple):
     cgroup: str | None = None  # the caller's cgroup (the unified one if any), for the record
     freeze_file: str | None = None  # its cgroup.events on cgroup v2: "frozen 1" when suspended
     cpu_weight: int | None = None  # its own cpu.weight (v1: cpu.shares as a weight)
+    swap_max: int | None = None  # memory.swap.max on the way up (v2)
+    mems: tuple[int, ...] | None = None  # its cpuset's memory nodes
 
 
 def cgroup_caps(pid: int, layout: cgroupfs.Layout | None = None,
@@ -115,16 +117,19 @@ def cgroup_caps(pid: int, layout: cgroupfs.Layout | None = None,
     there (its controller not enabled) is no limit."""
     layout = layout or cgroupfs.probe_layout()
     paths = _cgroup_paths(f"{proc}/{pid}/cgroup")
-    memory = cpu = tasks = weight = None
+    memory = cpu = tasks = weight = swap = None
+    mems: tuple[int, ...] | None = None
     cpus: tuple[int, ...] | None = None
     events = None
     unified = paths.get("")
     if layout.kind == "unified" and unified is not None and layout.unified:
         for directory in _ancestors(layout.unified, unified):
             memory = _min(memory, _bytes(directory, "memory.max"))
+            swap = _min(swap, _bytes(directory, "memory.swap.max"))
             tasks = _min(tasks, _bytes(directory, "pids.max"))
             cpu = _min(cpu, _v2_quota(directory))
         cpus = _cpus(layout.unified + unified, "cpuset.cpus.effective")
+        mems = _cpus(layout.unified + unified, "cpuset.mems.effective")
         weight = _bytes(layout.unified + unified, "cpu.weight") if unified != "/" else None
         events = os.path.join(layout.unified + unified, "cgroup.events")
     else:
@@ -147,11 +152,12 @@ def cgroup_caps(pid: int, layout: cgroupfs.Layout | None = None,
         mount, path = layout.v1.get("cpuset"), paths.get("cpuset")
         if mount and path is not None:
             cpus = _cpus(mount + path, "cpuset.effective_cpus")
+            mems = _cpus(mount + path, "cpuset.effective_mems")
         if unified is not None and layout.unified:
             events = os.path.join(layout.unified + unified, "cgroup.events")
     cgroup = unified if unified is not None else paths.get("name=systemd")
     return Caps(memory, cpu, cpus, tasks, cgroup, events if events and os.path.exists(events)
-                else None, weight)
+                else None, weight, swap, mems)
 
 
 def _cgroup_paths(path: str) -> dict[str, str]:

@@ -27,7 +27,15 @@ from typing import Any
 
 from ..errors import UsageError
 from ..htcondor import Mapping
-from ..spec import Inheritance, JobSpec, Limits, format_cpu_list, parse_percent, parse_size
+from ..spec import (
+    Inheritance,
+    JobSpec,
+    Limits,
+    format_cpu_list,
+    parse_cpu_list,
+    parse_percent,
+    parse_size,
+)
 from .peer import Caps
 
 POLICY_FILE = "/etc/condor-systemd/broker.toml"
@@ -81,6 +89,43 @@ ALLOWED = frozenset((
     *(f"Limit{n}{soft}" for n in ("CPU", "FSIZE", "DATA", "STACK", "CORE", "NOFILE", "AS",
                                   "NPROC", "MEMLOCK") for soft in ("", "Soft")),
 ))
+
+# Every -p property a non-root caller may set has a rule here, as data, and the rule is what the
+# broker does with it (apply() and the slices.py caller slice); tests/unit/test_policy.py fails
+# when an allow-listed property has none. Kinds:
+#   limit     a limit field (spec.Limits): capped by the policy and by the caller's cgroup
+#   rlimit    at most the caller's own hard limit (from /proc/PID/limits)
+#   nice      not below the caller's own nice
+#   nodes     only memory nodes the caller's cgroup has (cpuset.mems.effective)
+#   relative  a share among the caller's own jobs only: its slice carries the caller's weight
+#   narrows   can only take rights or resources away from the job
+CEILINGS: dict[str, tuple[str, str]] = {
+    "CPUQuota": ("limit", "the policy's cpu_quota and the caller's cgroup's cpu.max"),
+    "MemoryMax": ("limit", "the policy's memory_max and the caller's cgroup's memory.max"),
+    "MemoryHigh": ("limit", "a throttle below MemoryMax, which is capped"),
+    "MemorySwapMax": ("limit", "the caller's cgroup's memory.swap.max"),
+    "AllowedCPUs": ("limit", "the CPUs of the caller's cgroup's cpuset"),
+    "TasksMax": ("limit", "the policy's tasks_max and the caller's cgroup's pids.max"),
+    "IOWeight": ("relative", "among the caller's own jobs, in its slice"),
+    "CPUWeight": ("relative", "among the caller's own jobs; the slice has the caller's weight"),
+    "AllowedMemoryNodes": ("nodes", "the memory nodes of the caller's cgroup's cpuset"),
+    "MemoryZSwapMax": ("narrows", "zswap is charged to the job's memory, capped by MemoryMax"),
+    "ManagedOOMMemoryPressure": ("narrows", "systemd-oomd may kill the job sooner"),
+    "RuntimeMaxSec": ("narrows", "the job may only end sooner"),
+    "UMask": ("narrows", "the permissions of the job's own files"),
+    "Nice": ("nice", "not below the caller's own nice"),
+    **{name: ("narrows", "accounting only") for name in (
+        "CPUAccounting", "MemoryAccounting", "IOAccounting", "TasksAccounting")},
+    **{name: ("narrows", "sandboxing: takes rights away") for name in (
+        "PrivateTmp", "PrivateUsers", "PrivateDevices", "PrivateNetwork", "PrivatePIDs",
+        "ProtectSystem", "ProtectHome", "ProtectKernelTunables", "ProtectControlGroups",
+        "NoNewPrivileges", "InaccessiblePaths", "ReadOnlyPaths", "ProtectProc")},
+    "ReadWritePaths": ("narrows", "only undoes ProtectSystem= the job asked for; file "
+                                  "permissions still hold (refused with --isolate)"),
+    **{f"Limit{n}{soft}": ("rlimit", "at most the caller's own hard limit")
+       for n in ("CPU", "FSIZE", "DATA", "STACK", "CORE", "NOFILE", "AS", "NPROC", "MEMLOCK")
+       for soft in ("", "Soft")},
+}
 
 # -p properties that, on an isolated job, could reach past its own directory: a path of the
 # hidden execute root made read-write or read-only again (systemd drops the emptying tmpfs as
@@ -178,7 +223,7 @@ class Policy:
             capped.append(("stop_timeout", f"{stop_timeout:g} s capped to the policy's "
                                            f"{self.max_stop_timeout:g} s"))
             stop_timeout = self.max_stop_timeout
-        properties = tuple(self._capped_property(name, text, inherit, capped)
+        properties = tuple(self._capped_property(name, text, inherit, caps, capped)
                            for name, text in spec.properties)
         sandbox = spec.sandbox
         if self.isolate and not sandbox.isolate:
@@ -205,6 +250,7 @@ class Policy:
             ceilings["memory_max"].append((caps.memory_max, by_cgroup))
             ceilings["cpu_quota_percent"].append((caps.cpu_quota_percent, by_cgroup))
             ceilings["tasks_max"].append((caps.tasks_max, by_cgroup))
+            ceilings["swap_max"] = [(caps.swap_max, by_cgroup)]
         values = limits._asdict()
         for key, options in ceilings.items():
             for ceiling, why in options:
@@ -229,9 +275,19 @@ class Policy:
                                                    f"{by_cgroup}"))
         return Limits(**values)
 
-    def _capped_property(self, name: str, text: str, inherit: Inheritance,
+    def _capped_property(self, name: str, text: str, inherit: Inheritance, caps: Caps,
                          capped: list) -> tuple[str, str]:
         """-p values that would grant what the caller lacks: raised or lowered to its own."""
+        if name == "AllowedMemoryNodes" and self.cap_by_caller_cgroup and caps.mems is not None:
+            asked = parse_cpu_list(text)
+            kept = tuple(n for n in asked if n in caps.mems)
+            if not kept:
+                raise UsageError(f"none of memory nodes {format_cpu_list(asked)} is available "
+                                 f"to the caller ({format_cpu_list(caps.mems)})")
+            if kept != asked:
+                capped.append((name, f"asked {text}, capped to {format_cpu_list(kept)} by the "
+                                     f"caller's cgroup {caps.cgroup}"))
+                return name, format_cpu_list(kept)
         if name == "Nice" and inherit.nice is not None and int(text) < inherit.nice:
             capped.append((name, f"asked {text}, raised to the caller's own nice {inherit.nice}"))
             return name, str(inherit.nice)

@@ -7,6 +7,7 @@ Parameters are type-checked (interface.py), the options go through the same pars
 
 from __future__ import annotations
 
+import fcntl
 import os
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -112,9 +113,11 @@ def prepare(parameters: dict, fds: list[int], caller: peer.Peer, policy: Policy,
         own = own_directory(scratch_dir, caller.uid) if scratch_dir is not None else None
         target = real_path(own) if own is not None else None
         root = execute_root(target, policy.execute_roots) if target is not None else None
-        if own is not None:
-            held.append(own)
-            spec = spec._replace(scratch_bind=proc_path(own), scratch_target=target,
+        if scratch_dir is not None:
+            # its disk is found from the fd even if it is not the caller's (nothing is bound)
+            fd = own if own is not None else fcntl.fcntl(scratch_dir, fcntl.F_DUPFD_CLOEXEC, 3)
+            held.append(fd)
+            spec = spec._replace(scratch_bind=proc_path(fd), scratch_target=target,
                                  execute_root=root)
         if spec.sandbox.isolate and root is None:
             for fd in held:

@@ -313,14 +313,17 @@ class Session:
             return
         self.final_sent = True
         try:
-            usage = job.collect()
+            usage = job.collect(release=False)
         except CondorSystemdError as exc:
             self.final_reply = interface.reply_error(interface.LAUNCH_FAILED, message=str(exc),
                                                      exit_code=exc.exit_code)
         else:
             self.final_reply = varlink.reply({**self.final(usage),
                                               "notices": self.take_notices()})
-        self.remember()  # collect() let the unit go: from now on the reply is all there is
+        # the reply is kept before the unit (and the exit status with it) may go: a broker
+        # killed in between hands the reply to the next, which lets the unit go then
+        self.remember()
+        job.release()
         self.send(self.final_reply)
         self.server.releasing(self)
 
@@ -432,6 +435,8 @@ class Session:
         if self.final_reply is not None:  # the job was over; the reply may not have gone out
             self.final_sent = True
             self.send(self.final_reply)
+            # and its unit may not have been let go (collect(release=False), then killed)
+            self.server.backend.release_ended(self.spec.unit_name)
             return
         # the connection may be another process's by now (the caller died, a job of its own
         # holds it): its caller is gone, as on a hang-up

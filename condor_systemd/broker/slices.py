@@ -3,8 +3,8 @@
 The caller's cgroup (under HTCondor: the slot's) caps each job the broker runs for it, and that
 alone would let a caller multiply its slot: three jobs, each within a 200 MiB slot, hold 600 MiB.
 So every job of one caller cgroup runs in one slice, `condor-u<uid>_c<digest>.slice` in
-condor.slice, that carries the caller cgroup's memory, CPU quota, tasks and CPU set and its CPU
-weight (HTCondor's 100 x Cpus for a slot): all of that caller's jobs together stay within them,
+condor.slice, that carries the caller cgroup's memory, swap, CPU quota, tasks and CPU set and its
+CPU weight (HTCondor's 100 x Cpus for a slot): all of that caller's jobs together stay within them,
 and share the node against other slots as the slot itself would. The digest names the caller's
 cgroup as the kernel gives it; a job that calls the broker from inside its own unit is in such
 a slice already (under condor.slice, where nobody but root makes cgroups), and its jobs go into
@@ -46,6 +46,7 @@ class CallerSlices:
         """Before a job starts in slice `name`: the slice exists, with the caller's caps when
         the policy caps by the caller's cgroup. LaunchError if systemd refuses it."""
         limits = Limits(memory_max=caps.memory_max, cpu_quota_percent=caps.cpu_quota_percent,
+                        swap_max=caps.swap_max,
                         tasks_max=caps.tasks_max, allowed_cpus=caps.cpus) if capped else Limits()
         self.backend.ensure_slice(name, f"condor-systemd: the jobs of uid {uid} from "
                                         f"{caps.cgroup or 'an unknown cgroup'}", limits,
