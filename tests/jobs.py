@@ -30,6 +30,9 @@ if not os.path.exists(CSD):
 # Python for the jobs themselves: Debian's, which every user can run (jobs run as nobody through
 # the broker; the venv's interpreter is under /root here, and its symlink may sit under /tmp
 # where the job's private /tmp would hide it).
+# The VM tier's guests run under TCG emulation: start-up costs (an interpreter, a shell, a
+# fork) are several times the native ones there, and vary from run to run with the host.
+EMULATED = os.environ.get("CONDOR_SYSTEMD_TEST_TIER", "").startswith("vm-")
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else os.path.realpath(sys.executable)
 # In-process runs must not find a broker installed for the broker variant of the tests.
 NO_BROKER = "CONDOR_SYSTEMD_SOCKET=/run/condor-systemd/none"

@@ -8,7 +8,7 @@ difference is written in EXPECTED (tests/jobs.py) and asserted as documented in 
 from __future__ import annotations
 
 from tests import workloads
-from tests.jobs import PY
+from tests.jobs import EMULATED, PY
 
 MIB = workloads.MIB
 
@@ -82,7 +82,9 @@ def test_classad_usage_format(jobs):
     # HTCondor's units: KiB and MiB for memory, seconds for time
     assert 64 * 1024 <= int(ad["ResidentSetSize"]) <= 2 * 64 * 1024, ad["ResidentSetSize"]
     assert 64 <= int(ad["MemoryUsage"]) <= 2 * 64, ad["MemoryUsage"]
-    assert 0.5 <= float(ad["RemoteWallClockTime"]) < 1.0 + 0.5, ad["RemoteWallClockTime"]
+    # the interpreter's start and 64 MiB touched, then 0.5 s: an emulated guest measured 1.8 s
+    wall_bound = 1.0 + (1.5 if EMULATED else 0.5)
+    assert 0.5 <= float(ad["RemoteWallClockTime"]) < wall_bound, ad["RemoteWallClockTime"]
     assert ad["CondorSystemdBackend"] == f'"{jobs.record_backend}"'
 
 

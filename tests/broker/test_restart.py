@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.broker.test_broker import broker_pid, units_left
-from tests.jobs import PY, wait_processes
+from tests.jobs import EMULATED, PY, wait_processes
 
 SERVICE = "condor-systemd.service"
 
@@ -107,7 +107,9 @@ def test_a_job_that_ends_while_no_broker_runs_keeps_its_exit_status_and_accounti
     record = json.loads(usage.read_text())
     assert record["exit_code"] == 3 and record["signal"] is None
     cpu = record["cpu_user_seconds"] + record["cpu_system_seconds"]
-    assert own_cpu >= 0.6 and own_cpu - 0.02 <= cpu <= own_cpu + 0.3, (own_cpu, record)
+    # the rest is the shell's and the interpreter's start: 0.33 s measured on an emulated guest
+    slack = 0.6 if EMULATED else 0.3
+    assert own_cpu >= 0.6 and own_cpu - 0.02 <= cpu <= own_cpu + slack, (own_cpu, record)
     wait_for(lambda: not units_left(jobs), 10, "the unit was not let go")
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.behaviour.test_kill import ESCAPEES
-from tests.jobs import PY, wait_files
+from tests.jobs import EMULATED, PY, wait_files
 
 
 def test_scope_exit_status_and_stdio(jobs):
@@ -32,7 +32,8 @@ def test_scope_accounting_and_no_escapees(jobs):
     # the burner alone would be 1 s over
     truth = float(proc.stdout)
     cpu = usage["cpu_user_seconds"] + usage["cpu_system_seconds"]
-    assert 0.95 * truth <= cpu <= truth + 0.4, (cpu, truth)
+    # (an emulated guest once measured 0.45 s of start-ups: 0.8 s there)
+    assert 0.95 * truth <= cpu <= truth + (0.8 if EMULATED else 0.4), (cpu, truth)
     assert usage["enforced"]["memory_max"] is True
     assert usage["enforced"]["private_tmp"].startswith("not sent")
     assert jobs.processes("^sleep 4242") == []

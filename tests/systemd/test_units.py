@@ -12,12 +12,15 @@ from tests.jobs import wait_files
 
 
 def test_unit_already_running_is_refused_and_left_alone(jobs):
-    first = jobs.start("--name", "dup", "--", "sh", "-c", "sleep 2; exit 5")
+    go = jobs.work / "go"  # the first job runs until the second has been refused
+    first = jobs.start("--name", "dup", "--", "sh", "-c",
+                       f"while [ ! -e {go} ]; do sleep 0.1; done; exit 5")
     jobs.wait_active("condor-job-dup.service")
     second = jobs.run("--name", "dup", "--", "true")
+    go.write_text("")
     assert second.returncode == 125
     assert second.stderr.count("\n") == 1 and "already exists" in second.stderr
-    assert first.wait(timeout=30) == 5  # the first job was not disturbed
+    assert first.wait(timeout=60) == 5  # the first job was not disturbed
 
 
 
