@@ -239,8 +239,9 @@ def test_the_unit_gets_the_slots_memory_swap_and_cpu_as_htcondor_gives_its_cgrou
     ad = finished(cluster)
     assert ad["ExitCode"] == 0, ((work / "err").read_text(), ad)
     memory_max, swap_max, weight, cgroup, rate = (work / "out").read_text().split()
-    assert re.fullmatch(rf"/sys/fs/cgroup/condor\.slice/condor-job-u1000-{cluster}\.0-slot1_\d+"
-                        r"\.service", cgroup), cgroup
+    # in its slot's caller slice (broker/slices.py), which carries the slot's limits too
+    assert re.fullmatch(rf"/sys/fs/cgroup/condor\.slice/condor-u1000_c[0-9a-f]{{16}}\.slice/"
+                        rf"condor-job-u1000-{cluster}\.0-slot1_\d+\.service", cgroup), cgroup
     assert (memory_max, swap_max, weight) == (str(128 << 20), "0", "100")
     assert 0.3 <= float(rate) <= 1.1, rate
 
