@@ -44,6 +44,13 @@ PER_UNIT_VARIABLES = frozenset((
     "TRIGGER_TIMER_MONOTONIC_USEC", "CREDENTIALS_DIRECTORY", "RUNTIME_DIRECTORY",
     "STATE_DIRECTORY", "CACHE_DIRECTORY", "LOGS_DIRECTORY", "CONFIGURATION_DIRECTORY",
     "MEMORY_PRESSURE_WATCH", "MEMORY_PRESSURE_WRITE"))
+# BindPaths= from the broker's fds (/proc/<broker>/fd/<n>) may miss their source ("-"): the
+# broker holds the fds until the unit is let go, but the ExecStopPost holder of a job whose
+# broker restarted is set up after they are gone, and it must still start (it holds the
+# accounting and the exit status). The job's own processes never start without them: the
+# broker holds the fds through the start, and a restarted broker kills a job it finds still
+# starting (session.py restore).
+BY_BROKER_FD = True
 SLEEP = next((p for p in ("/usr/bin/sleep", "/bin/sleep") if os.path.exists(p)), "/bin/sleep")
 PIDNS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pidns.py")
 # the distribution's interpreter: the job's user must be able to run it (a venv under /root
@@ -162,7 +169,7 @@ class ServiceJob(SystemdJob):
             if conflict:
                 self.enforced["private_tmp"] = Verdict(OFF, conflict)
             elif self.spec.tmp_binds:  # HTCondor's scratch directory's tmp and var/tmp
-                props.append(enc("BindPaths", [(source, target, False, 0) for source, target
+                props.append(enc("BindPaths", [(source, target, BY_BROKER_FD, 0) for source, target
                                                in zip(self.spec.tmp_binds, TMP_DIRS)]))
             else:
                 props.append(enc("PrivateTmp", True))
@@ -200,7 +207,7 @@ class ServiceJob(SystemdJob):
             assert self.spec.execute_root and self.spec.scratch_target and self.spec.scratch_bind
             return [enc("TemporaryFileSystem", [(self.spec.execute_root, "ro,mode=0755")]),
                     enc("BindPaths", [(self.spec.scratch_bind, self.spec.scratch_target,
-                                       False, 0)]),
+                                       BY_BROKER_FD, 0)]),
                     enc("ProtectProc", "invisible")]
         scratch = os.path.normpath(self.spec.scratch_dir)
         root = os.path.dirname(scratch)

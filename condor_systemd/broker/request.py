@@ -31,7 +31,7 @@ class Request(NamedTuple):
     usage_file: str | None
     usage_format: str
     log_file: str | None
-    held_fds: list[int]  # what the unit's BindPaths= name: open until it has started
+    held_fds: list[int]  # what the unit's BindPaths= name: open until the unit is gone
 
 
 def prepare(parameters: dict, fds: list[int], caller: peer.Peer, policy: Policy,

@@ -9,7 +9,7 @@ client opens both directories as the job's user and sends them as O_PATH fds; th
 checks that they are directories the caller owns and gives systemd /proc/<broker>/fd/<n>,
 which names those very directories whatever is renamed meanwhile. A bind thus reaches nothing
 the caller could not open itself, and a symlink planted as tmp to somebody else's directory is
-refused. The fds stay open until the unit has started (session.py).
+refused. The fds stay open until systemd has let the unit go (session.py).
 """
 
 from __future__ import annotations

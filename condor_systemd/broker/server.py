@@ -311,6 +311,7 @@ class Server:
 
     def released(self, session: Session) -> None:
         self.stop_following(session)
+        session.release_held_fds()
         session.forget_kept()
         job = session.job
         if job is not None and self.by_unit.get(job.unit or "") is session:

@@ -110,7 +110,10 @@ class Session:
         self.log: SessionLog | None = None
         self.usage_format = "json"
         self.final_sent = False
-        self.held_fds: list[int] = []  # the scratch directory's tmp dirs, until started
+        # what BindPaths= names (request.py): open until systemd has let the unit go, since
+        # every process of the unit is set up with them, the ExecStopPost holder too, and a
+        # number closed early could name another caller's directory by then
+        self.held_fds: list[int] = []
         self.hung_up = False
         self.closed = False
         self.stop_deadline: float | None = None
@@ -304,8 +307,6 @@ class Session:
     def job_event(self) -> None:
         """The job's unit changed: if its main process has ended, collect and reply."""
         job = self.job
-        if job is not None and job.phase != "starting":
-            self.release_held_fds()  # the unit's namespace is set up: BindPaths= has them
         if job is None or self.final_sent or not job.has_ended():
             if job is not None and job.phase != self.saved_phase:
                 self.remember()  # running: its cgroup and verdicts are known now
@@ -466,6 +467,9 @@ class Session:
         if replaced or not self.peer.alive():
             self.hang_up()
             return
+        if self.saved_phase == "starting" and binds_by_fd(self.spec):
+            self.refuse_half_started()
+            return
         self.caps = peer.cgroup_caps(self.peer.pid, self.server.backend.layout)
         self.server.follow_suspension(self)
         self.announce()
@@ -474,6 +478,24 @@ class Session:
             self.server.at(self.stop_deadline, self.stop_timeout_reached, self)
         self.server.suspension_now(self)
         self.job_event()
+
+    def refuse_half_started(self) -> None:
+        """Its unit was starting when the broker before us died: its directories are bound
+        from that broker's fds (BindPaths= /proc/<pid>/fd/<n>), gone now, so the job may have
+        been set up without them (the holder must tolerate a missing source, and so does the
+        job's process). Such a job is killed and said, never left to run so."""
+        assert self.job is not None and self.log is not None and self.spec is not None
+        message = (f"the broker restarted while {self.spec.unit_name} was starting: its "
+                   "directories can no longer be bound, so the job was killed")
+        self.log.error(message)
+        self.final_sent = True
+        self.final_reply = interface.reply_error(interface.LAUNCH_FAILED, exit_code=125,
+                                                 message=message)
+        self.killed_while_starting = self.job.phase == "starting"
+        self.job.kill_unit(signal.SIGKILL)
+        self.server.when_ended(self)
+        self.remember()
+        self.send(self.final_reply)
 
     def forget_kept(self) -> None:
         if self.kept is not None:
@@ -485,8 +507,8 @@ class Session:
             _close(self.held_fds.pop())
 
     def close(self) -> None:
-        self.release_held_fds()
         if self.job is None:
+            self.release_held_fds()
             self.forget_kept()  # (with a job: once the server has released it)
         if not self.closed:
             self.closed = True
@@ -494,6 +516,11 @@ class Session:
             self.outbox.close()
             self.sock.close()
             self.peer.close()
+
+
+def binds_by_fd(spec: JobSpec) -> bool:
+    """Whether the unit's BindPaths= name directories by the broker's fds."""
+    return (spec.sandbox.isolate and spec.scratch_bind is not None) or bool(spec.tmp_binds)
 
 
 def _close(fd: int) -> None:

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 
+from tests import workloads
 from tests.jobs import PY, wait_files
 
 # Job B: leaves a file in its directory and in its /tmp, says its pids as its own namespace
@@ -132,3 +133,20 @@ def test_an_isolated_job_keeps_the_exit_status_and_signal_contract(jobs):
     wait_files(jobs.work / "ready2")
     os.kill(jobs.wrapper_pid(proc), signal.SIGTERM)
     assert proc.wait(timeout=60) == -signal.SIGTERM
+
+
+def test_an_isolated_job_is_accounted_like_any_other(jobs):
+    """The holder that keeps the unit's cgroup for the record must start after the job has run,
+    when the directory --isolate bound at the start may be gone from the broker (its fd closed):
+    the job's CPU time and exit code still reach the record."""
+    proc, usage = jobs.run_with_usage("--isolate", "--", PY, "-c", workloads.SHORT_LIVED_CPU, "4")
+    assert proc.returncode == 0, proc.stderr
+    truth_user, truth_sys = map(float, proc.stdout.split())
+    assert usage["exit_code"] == 0, usage
+    if not jobs.expect.has_unit:
+        return  # no namespace, no holder: test_accounting.py holds the fallback to its figures
+    # bounds of test_accounting.py's test of the same workload (reasons there)
+    user, system = usage["cpu_user_seconds"], usage["cpu_system_seconds"]
+    assert user is not None and system is not None, usage["accuracy"]
+    assert 0.95 * truth_user <= user <= 1.10 * truth_user + 0.15, (user, truth_user)
+    assert 0.95 * truth_sys <= system <= 1.10 * truth_sys + 0.15, (system, truth_sys)

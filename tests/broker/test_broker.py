@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import broker as harness
-from tests.jobs import PY, wait_processes
+from tests.jobs import PY, wait_files, wait_processes
 
 SOCKET = harness.SOCKET
 
@@ -450,6 +450,27 @@ def test_under_htcondor_the_jobs_tmp_is_in_its_scratch_directory(jobs):
     assert (scratch / "tmp" / "a").read_text() == "a\n"
     assert (scratch / "var" / "tmp" / "b").read_text() == "b\n"
     assert usage["enforced"]["private_tmp"] is True and "private_tmp" not in usage["capped"]
+
+
+def test_the_broker_fds_a_unit_binds_from_name_its_directories_while_it_lives(jobs):
+    """BindPaths= names the scratch directory's tmp and var/tmp by the broker's fds: systemd
+    sets up every process of the unit from them, the ExecStopPost holder after the job too.
+    While the job runs they must still name those very directories: a number closed early
+    could name another caller's directory by the time the holder is set up."""
+    scratch, env = scratch_job(jobs)
+    ready, done = scratch / "ready", scratch / "done"
+    proc = jobs.start("--", "sh", "-c", f"touch {ready}; while [ ! -e {done} ]; do sleep 0.1; done",
+                      env=env)
+    wait_files(ready)
+    binds = jobs.inside("systemctl", "show", "-P", "BindPaths", units_left(jobs).split()[0])
+    named = {}
+    for entry in binds.stdout.split():
+        source, target = entry.lstrip("-").split(":")[:2]
+        assert source.startswith("/proc/"), binds.stdout
+        named[target] = jobs.inside("readlink", source).stdout.strip()
+    done.write_text("")
+    assert proc.wait(timeout=60) == 0
+    assert named == {"/tmp": f"{scratch}/tmp", "/var/tmp": f"{scratch}/var/tmp"}, binds.stdout
 
 
 @pytest.mark.parametrize(("tmp", "var_tmp_owner", "why"), [

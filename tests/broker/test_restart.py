@@ -77,20 +77,22 @@ def test_systemctl_restart_mid_job_keeps_the_job_and_its_record(jobs):
              "the job's entry stayed in the fd store")
 
 
+BURN = ("import os, time, sys\nsys.stdin.read()\nt = time.process_time()\n"
+        "while time.process_time() - t < 0.6: pass\n"
+        "print(os.times().user + os.times().system, flush=True)\nsys.exit(3)")
+
+
 def test_a_job_that_ends_while_no_broker_runs_keeps_its_exit_status_and_accounting(jobs):
     """The broker is stopped (SIGSTOP) while the job burns 0.6 s of CPU and exits 3, then
     SIGKILLed: Restart= starts a new one, which reads the exit status and the CPU from the
     unit that waited for it. The ground truth is the job's own CPU, which it prints at exit:
     under emulation the interpreter's start costs as much as the burn."""
     usage = jobs.work / "killed.json"
-    burn = ("import os, time, sys\nsys.stdin.read()\nt = time.process_time()\n"
-            "while time.process_time() - t < 0.6: pass\n"
-            "print(os.times().user + os.times().system, flush=True)\nsys.exit(3)")
     fifo = jobs.work / "go"
     os.mkfifo(fifo)
     os.chmod(fifo, 0o666)
     proc = jobs.start("--usage-file", str(usage), "--", "sh", "-c",
-                      f"exec {PY} -c '{burn}' < {fifo}")
+                      f"exec {PY} -c '{BURN}' < {fifo}")
     unit = job_unit(jobs)
     wait_for(lambda: show(jobs, unit, "SubState") == "running", 30, "the job did not start")
     old = running_broker(jobs)
@@ -101,11 +103,37 @@ def test_a_job_that_ends_while_no_broker_runs_keeps_its_exit_status_and_accounti
              "the job's main process did not end")
     jobs.inside("systemctl", "kill", "--kill-whom=main", "-s", "KILL", SERVICE)
     assert running_broker(jobs) != old
+    assert_burned_and_exited_3(jobs, proc, usage)
+
+
+def test_an_isolated_job_that_ends_after_a_restart_keeps_its_exit_status_and_accounting(jobs):
+    """--isolate binds the job's directory from the broker's fd (/proc/<broker>/fd/<n>); the
+    broker is SIGKILLed while the job runs, and the ExecStopPost holder that keeps the unit's
+    cgroup for the record is set up after that fd is gone. It must start all the same: the
+    next broker reads the exit status and the CPU from the unit that waited for it."""
+    usage = jobs.work / "isolated.json"
+    fifo = jobs.work / "go"
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o666)
+    proc = jobs.start("--isolate", "--usage-file", str(usage), "--", "sh", "-c",
+                      f"exec {PY} -c '{BURN}' < {fifo}")
+    unit = job_unit(jobs)
+    wait_for(lambda: show(jobs, unit, "SubState") == "running", 30, "the job did not start")
+    old = running_broker(jobs)
+    jobs.inside("systemctl", "kill", "--kill-whom=main", "-s", "KILL", SERVICE)
+    assert running_broker(jobs) != old
+    with open(fifo, "w") as go:
+        go.write("go\n")
+    assert_burned_and_exited_3(jobs, proc, usage)
+
+
+def assert_burned_and_exited_3(jobs, proc, usage) -> None:  # noqa: ANN001
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
     own_cpu = float(out)
     record = json.loads(usage.read_text())
     assert record["exit_code"] == 3 and record["signal"] is None
+    assert record["cpu_user_seconds"] is not None, record["accuracy"]  # the holder started
     cpu = record["cpu_user_seconds"] + record["cpu_system_seconds"]
     # the rest is the shell's and the interpreter's start: 0.33 s measured on an emulated guest
     slack = 0.6 if EMULATED else 0.3
