@@ -440,24 +440,22 @@ class SystemdJob:
         return killed
 
     def freeze(self, on: bool, why: str = "") -> None:
-        """Suspend or resume every process of the job (its caller was suspended or resumed):
-        FreezeUnit/ThawUnit where systemd can (cgroup v2), else SIGSTOP/SIGCONT to all."""
-        method = "FreezeUnit" if on else "ThawUnit"
+        """Hold or resume every process of the job (its caller was suspended or resumed):
+        SIGSTOP/SIGCONT to all of them, never systemd's freezer. A process the job's owner
+        kills while the unit is frozen ends the job in a frozen cgroup, where the ExecStopPost
+        holder systemd then starts freezes before its exec; systemd >= 255 waits for that exec,
+        and PID 1 hangs for everybody. A stopped job dies of SIGKILL all the same, and the
+        holder runs."""
         self.frozen = on
-        try:
-            self.manager(method, "s", (self.unit,))
-            why = why or f"the caller was {'suspended' if on else 'resumed'}"
-            self.log.info(f"{why}: {method}")
-        except CondorSystemdError as exc:
-            self.log.info(f"{method} failed ({exc}); sending SIG{'STOP' if on else 'CONT'}")
-            self.kill_unit(signal.SIGSTOP if on else signal.SIGCONT)
+        self.log.info(f"{why or ('the caller was ' + ('suspended' if on else 'resumed'))}: "
+                      f"SIG{'STOP' if on else 'CONT'} to every process of the job")
+        self.kill_unit(signal.SIGSTOP if on else signal.SIGCONT)
 
     frozen = False
 
     def thaw_to_kill(self) -> None:
-        """A frozen job is thawed before it is killed: once its main process dies, systemd
-        starts the ExecStopPost holder in the unit's cgroup, and a process started in a frozen
-        cgroup freezes before it execs; systemd 257 waits for that exec, and PID 1 hangs."""
+        """A held job is resumed before it is killed: a stopped process acts on no signal but
+        SIGKILL, and the stop's SIGTERM must reach the job's handlers (its grace)."""
         if self.frozen:
             self.freeze(False, "thawed, to be killed")
 

@@ -274,7 +274,7 @@ def test_a_stopped_caller_stops_its_job(jobs):
 
 def frozen_caller(jobs, out: Path, name: str):  # noqa: ANN001, ANN201 - (Popen, freeze file)
     """A counting job whose caller runs in a scope of its own, that scope's cgroup frozen as
-    condor_suspend freezes a slot's (v2), and the job's unit frozen by the broker within 1 s."""
+    condor_suspend freezes a slot's (v2), and the job held (stopped) by the broker within 1 s."""
     scope = f"csd-caller-{os.getpid()}-{name}.scope"
     proc = counting_job(jobs, out, ["systemd-run", "--quiet", "--scope", "--unit", scope, "--"])
     cgroup = jobs.inside("systemctl", "show", "-P", "ControlGroup", scope).stdout.strip()
@@ -282,18 +282,29 @@ def frozen_caller(jobs, out: Path, name: str):  # noqa: ANN001, ANN201 - (Popen,
     unit = [u for u in units_left(jobs).split() if u.startswith("condor-job-")][0]
     jobs.inside("sh", "-c", f"echo 1 > {freeze}")
     deadline = time.monotonic() + 1.0
-    while jobs.inside("systemctl", "show", "-P", "FreezerState", unit).stdout.strip() != "frozen":
+    while not job_stopped(jobs, unit):
         if time.monotonic() > deadline:
             jobs.inside("sh", "-c", f"echo 0 > {freeze}")
-            raise AssertionError("the job's unit was not frozen within 1 s")
+            raise AssertionError("the job was not held within 1 s")
         time.sleep(0.05)
     return proc, freeze
 
 
+def job_stopped(jobs, unit: str) -> bool:  # noqa: ANN001
+    """Every process of the unit stopped (SIGSTOP: state T), none frozen by systemd."""
+    assert jobs.inside("systemctl", "show", "-P", "FreezerState", unit).stdout.strip() in (
+        "running", ""), "the job's unit is in systemd's freezer"
+    cgroup = jobs.inside("systemctl", "show", "-P", "ControlGroup", unit).stdout.strip()
+    pids = jobs.inside("cat", f"/sys/fs/cgroup{cgroup}/cgroup.procs").stdout.split()
+    states = [jobs.inside("sh", "-c", f"cut -d')' -f2 /proc/{pid}/stat").stdout.split()[:1]
+              for pid in pids]
+    return bool(pids) and all(state == ["T"] for state in states)
+
+
 def test_freezing_the_callers_cgroup_freezes_the_job(jobs, facts):
     """condor_suspend on cgroup v2 writes 1 to the slot cgroup's cgroup.freeze: the wrapper
-    freezes, and the broker (inotify on the caller's cgroup.events) freezes the job's unit
-    within 1 s; thawing thaws it, and the job completes."""
+    freezes, and the broker (inotify on the caller's cgroup.events) stops every process of the
+    job within 1 s; thawing resumes them, and the job completes."""
     facts.need_v2()
     out = jobs.work / "count"
     proc, freeze = frozen_caller(jobs, out, "freeze")
@@ -303,9 +314,9 @@ def test_freezing_the_callers_cgroup_freezes_the_job(jobs, facts):
     assert out.read_text().strip() == "30"
 
 
-def test_a_frozen_job_is_thawed_before_it_is_killed(jobs, facts):
-    """Stopping the broker kills a job that its frozen caller holds frozen. Were it killed
-    frozen, systemd would start the ExecStopPost holder in the frozen cgroup, where it freezes
+def test_a_held_job_is_killed_and_systemd_answers(jobs, facts):
+    """Stopping the broker kills a job that its frozen caller holds. Were it held in systemd's
+    freezer, systemd would start the ExecStopPost holder in the frozen cgroup, where it freezes
     before its exec, and systemd 257 would wait for that exec forever (PID 1 hangs)."""
     facts.need_v2()
     proc, freeze = frozen_caller(jobs, jobs.work / "count", "kill")

@@ -122,7 +122,7 @@ def test_condor_rm_leaves_no_process_and_no_unit(pool, tmp_path):
 
 def test_condor_suspend_holds_the_job_and_condor_continue_resumes_it(pool, tmp_path):
     """condor_suspend freezes the slot's cgroup (v2), which no longer holds the job: the broker
-    mirrors the freeze onto the job's unit; the job's counter stops, then runs on."""
+    holds the job (SIGSTOP to every process of its unit); the counter stops, then runs on."""
     work = Path("/home") / SUBMITTER / f"csd-{tmp_path.name}"
     count = work / "count"
     script = f"i=0; while [ $i -lt 80 ]; do i=$((i+1)); echo $i > {count}; sleep 0.1; done"
@@ -136,9 +136,10 @@ def test_condor_suspend_holds_the_job_and_condor_continue_resumes_it(pool, tmp_p
     unit = job_units().split()[0]
     # (the schedd's JobStatus says 7 only a minute or more later: the starter's freeze is what
     # counts, and the broker mirrors it onto the unit within 1 s)
-    wait_until(lambda: subprocess.run(["systemctl", "show", "-P", "FreezerState", unit],
-                                      capture_output=True, text=True).stdout.strip()
-               == "frozen", 30, "the job's unit was never frozen")
+    main = subprocess.run(["systemctl", "show", "-P", "MainPID", unit], capture_output=True,
+                          text=True).stdout.strip()
+    wait_until(lambda: Path(f"/proc/{main}/stat").read_text().rsplit(")", 1)[1].split()[0]
+               == "T", 30, "the job was never held")
     held_at = count.read_text()
     time.sleep(2)
     assert count.read_text() == held_at, "the job ran on while suspended"

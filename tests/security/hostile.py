@@ -248,6 +248,70 @@ def connection_outlives_caller(directory: str) -> dict:
     return {"first": first}
 
 
+def kill_held_job(directory: str) -> dict:
+    """Our job held while we are stopped, then its main process killed by a second process of
+    ours: were the job held in systemd's freezer, systemd would start the unit's ExecStopPost
+    process in the frozen cgroup, where it freezes before its exec, and systemd >= 255 waits
+    for that exec: PID 1 hangs, for every user of the node. (The caller is a child of ours:
+    whoever started us would stop with it.)"""
+    result = os.path.join(directory, "result")
+    caller = os.fork()
+    if caller == 0:
+        try:
+            outcome = stop_caller_and_kill_job(directory)
+        except Exception as exc:  # noqa: BLE001 - said in the verdict
+            outcome = {"error": repr(exc)}
+        with open(result, "w") as f:
+            json.dump(outcome, f)
+        os._exit(0)
+    os.waitpid(caller, 0)
+    with open(result) as f:
+        return json.load(f)
+
+
+def stop_caller_and_kill_job(directory: str) -> dict:
+    pid_file = os.path.join(directory, "pid")
+    sock, _out = run_call(directory, ["/bin/sh", "-c", f"echo $$ > {pid_file}; exec sleep 300"])
+    first = next(replies(sock))
+    deadline = time.monotonic() + 30
+    while not read(pid_file):
+        if time.monotonic() > deadline:
+            return {"first": first, "error": "the job never started"}
+        time.sleep(0.05)
+    job, caller = int(read(pid_file)), os.getpid()
+    report = os.path.join(directory, "held")
+    if os.fork() == 0:  # the second process: waits until the broker holds the job, kills it
+        held = ""
+        deadline = time.monotonic() + 10
+        while not held and time.monotonic() < deadline:
+            held = how_held(job)
+            time.sleep(0.05)
+        with open(report, "w") as f:
+            f.write(held or "not held")
+        os.kill(job, signal.SIGKILL)
+        time.sleep(1)
+        os.kill(caller, signal.SIGCONT)
+        os._exit(0)
+    os.kill(caller, signal.SIGSTOP)  # as HTCondor's procd suspends the wrapper (cgroup v1)
+    reply = final(sock)
+    sock.close()
+    return {"first": first, "held": read(report), "final": reply}
+
+
+def how_held(pid: int) -> str:
+    """'frozen' (its cgroup's freezer), 'stopped' (SIGSTOP), or '' (running)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return "stopped"
+        with open(f"/proc/{pid}/cgroup") as f:
+            path = f.read().strip().split("::", 1)[-1]
+        with open(f"/sys/fs/cgroup{path}/cgroup.events") as f:
+            return "frozen" if "frozen 1" in f.read() else ""
+    except (OSError, IndexError):
+        return ""
+
+
 def read(path: str) -> str:
     try:
         with open(path) as f:
@@ -264,6 +328,7 @@ ATTACKS = {
     "signal-flood": signal_flood,
     "three-jobs": three_jobs,
     "connection-outlives-caller": connection_outlives_caller,
+    "kill-held-job": kill_held_job,
 }
 
 

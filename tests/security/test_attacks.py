@@ -244,6 +244,25 @@ def test_a_signal_flood_does_not_bring_the_broker_down(users, execute, broker):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_a_job_killed_by_its_owner_while_held_does_not_hang_pid_1(users, execute, broker):
+    """The attacker stops its own caller (the broker holds the job, as for HTCondor's suspend),
+    and a second process of its own kills the job's main process. Held in systemd's freezer,
+    the job's unit would start its ExecStopPost process in the frozen cgroup, and systemd 257
+    waits for that process's exec: PID 1 hung, for every user. Held by SIGSTOP, the job dies;
+    systemd answers, the attacker gets its job's SIGKILL, and nothing is left."""
+    _root, dirs = execute
+    got = users["attacker"].attack("kill-held-job", str(dirs["attacker"]), timeout=60)
+    answer = broker.run(["timeout", "10", "systemctl", "show", "-P", "Version"],
+                        capture_output=True, text=True)
+    assert answer.returncode == 0 and answer.stdout.strip(), "PID 1 stopped answering"
+    assert got["held"] == "stopped", got
+    assert got["final"]["parameters"]["signal"] == signal.SIGKILL, got
+    deadline = time.monotonic() + 10
+    while unit_list(broker):
+        assert time.monotonic() < deadline, unit_list(broker)
+        time.sleep(0.1)
+
+
 # -- fail closed (the unreadable caller: tests/unit/test_peer.py) -------------------------------
 def test_a_callers_unit_that_no_broker_answers_for_is_killed(users, broker):
     """A unit in a caller's slice whose state the broker lost (here: one it never started) is
