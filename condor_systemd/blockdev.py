@@ -42,6 +42,17 @@ def whole_disk(st_dev: int, sys_block: str = "/sys/dev/block",
     return Disk(node, number), ""
 
 
+def node_of(number: str, sys_block: str = "/sys/dev/block") -> str | None:
+    """The device node of block device "MAJ:MIN" (what systemd's IO*Max= take), if any."""
+    try:
+        with open(f"{sys_block}/{number}/uevent") as f:
+            fields = dict(line.strip().split("=", 1) for line in f if "=" in line)
+    except OSError:
+        return None
+    node = f"/dev/{fields['DEVNAME']}" if "DEVNAME" in fields else None
+    return node if node is not None and os.path.exists(node) else None
+
+
 def _fstype(major: int, minor: int, mountinfo: str) -> str:
     """The type of the (first) file system mounted from device major:minor."""
     try:

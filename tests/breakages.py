@@ -313,6 +313,34 @@ BREAKAGES = (
              "SIGNAL_BURST, SIGNALS_PER_SECOND = 20, 10.0\n",
              "SIGNAL_BURST, SIGNALS_PER_SECOND = 10**9, 10.0\nMAX_PENDING_NOTICES = 10**9\n",
              (SEC + "test_a_signal_flood_does_not_bring_the_broker_down",)),
+    # -- a job's bound directories, its hold, the fd store, I/O per caller -----------------
+    Breakage("the bound directories' fds closed once the job runs",
+             "condor_systemd/broker/session.py",
+             "        job = self.job\n"
+             "        if job is None or self.final_sent or not job.has_ended():",
+             "        job = self.job\n        if job is not None and job.phase != \"starting\":\n"
+             "            self.release_held_fds()\n"
+             "        if job is None or self.final_sent or not job.has_ended():",
+             (BRK + "test_the_broker_fds_a_unit_binds_from_name_its_directories_while_it_lives",)),
+    Breakage("a bound directory's source must exist (a holder after a restart fails)", SERVICE,
+             "BY_BROKER_FD = True", "BY_BROKER_FD = False",
+             (RST + "test_an_isolated_job_that_ends_after_a_restart_keeps_its_exit_status_and_"
+              "accounting",)),
+    Breakage("a suspended caller's job held in systemd's freezer",
+             "condor_systemd/backends/unitjob.py",
+             "        self.kill_unit(signal.SIGSTOP if on else signal.SIGCONT)\n\n",
+             "        self.manager(\"FreezeUnit\" if on else \"ThawUnit\", \"s\",\n"
+             "                     (self.unit,))\n\n",
+             (SEC + "test_a_job_killed_by_its_owner_while_held_does_not_hang_pid_1",)),
+    Breakage("jobs beyond the fd store's room run", "condor_systemd/broker/server.py",
+             "        return kept >= self.restart_room", "        return False",
+             (RST + "test_jobs_beyond_what_the_fd_store_keeps_are_refused",)),
+    Breakage("the caller slice carries no I/O caps", "condor_systemd/broker/slices.py",
+             "                                  io_caps(caps) if capped else ())",
+             "                                  ())",
+             (SEC + "test_a_callers_jobs_together_stay_within_its_io_caps",
+              "tests/unit/test_peer.py::test_the_callers_io_caps_go_onto_its_slice_by_device_"
+              "node")),
 )
 
 

@@ -47,9 +47,9 @@ PER_UNIT_VARIABLES = frozenset((
 # BindPaths= from the broker's fds (/proc/<broker>/fd/<n>) may miss their source ("-"): the
 # broker holds the fds until the unit is let go, but the ExecStopPost holder of a job whose
 # broker restarted is set up after they are gone, and it must still start (it holds the
-# accounting and the exit status). The job's own processes never start without them: the
-# broker holds the fds through the start, and a restarted broker kills a job it finds still
-# starting (session.py restore).
+# accounting and the exit status). The broker holds the fds through the job's start, and a
+# restarted broker kills a job it finds still starting (session.py refuse_half_started);
+# SECURITY.md says what is left.
 BY_BROKER_FD = True
 SLEEP = next((p for p in ("/usr/bin/sleep", "/bin/sleep") if os.path.exists(p)), "/bin/sleep")
 PIDNS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pidns.py")
@@ -74,7 +74,7 @@ class ServiceJob(SystemdJob):
                               *exec_argv((spec.executable, *spec.argv))])
         props = [enc("Type", "notify" if spec.sandbox.isolate else "exec"),
                  enc("ExecStart", [(*start, False)]),
-                 enc("WorkingDirectory", spec.cwd),
+                 enc("WorkingDirectory", self.working_directory()),
                  self.environment_property(),
                  enc("StandardInputFileDescriptor", stdio[0]),
                  enc("StandardOutputFileDescriptor", stdio[1]),
@@ -117,6 +117,18 @@ class ServiceJob(SystemdJob):
             # affinity holds every process of the job to the same CPUs on every layout
             props.append(enc("CPUAffinity", properties.cpu_mask(self.spec.limits.allowed_cpus)))
         return props
+
+    def working_directory(self) -> str:
+        """The job's working directory; "-" (missing is not fatal) where it lies in the
+        directory --isolate binds from the broker's fd: the ExecStopPost holder of a job whose
+        broker restarted is set up without that bind (BY_BROKER_FD), and must still start.
+        The job itself starts while the broker holds the fd: its directory is there."""
+        spec = self.spec
+        target = spec.scratch_target
+        if spec.for_caller and spec.sandbox.isolate and target and BY_BROKER_FD and (
+                spec.cwd == target or spec.cwd.startswith(target.rstrip("/") + "/")):
+            return "-" + spec.cwd
+        return spec.cwd
 
     def environment_property(self) -> tuple:
         """The environment in a file only root can read (envfile.py), not in the unit's

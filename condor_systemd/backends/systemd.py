@@ -17,7 +17,7 @@ from ..spec import JobSpec, Limits
 from . import cgroupfs, properties
 from .bus import BusError, Connection
 from .scope import ScopeJob
-from .service import ServiceJob
+from .service import SERVICE_IFACE, ServiceJob
 from .unitjob import UNIT_IFACE, SystemdJob, unit_object_path
 
 __all__ = ["SystemdBackend", "ServiceJob", "ScopeJob", "map_bus_error", "unit_object_path"]
@@ -82,15 +82,21 @@ class SystemdBackend:
 
     # -- slices that group jobs (the broker's one per caller cgroup) ------------------------------
     def ensure_slice(self, name: str, description: str, limits: Limits,
-                     cpu_weight: int | None = None) -> None:
-        """Start the transient slice `name` with these limits, or, if it is there already,
-        set them on it. Raises LaunchError when systemd refuses either."""
+                     cpu_weight: int | None = None,
+                     io: tuple[tuple[str, str, int], ...] = ()) -> None:
+        """Start the transient slice `name` with these limits (and I/O caps: device node,
+        Limits field, value), or, if it is there already, set them on it. Raises LaunchError
+        when systemd refuses either."""
         enc = properties.encode
         props = [enc("Description", description)]
         props += [enc(n, True) for n in ("CPUAccounting", "MemoryAccounting", "TasksAccounting")]
         props += properties.limit_properties(limits)
         if cpu_weight is not None:
             props.append(enc("CPUWeight", cpu_weight))
+        by_property: dict[str, list[tuple[str, int]]] = {}
+        for node, key, value in io:
+            by_property.setdefault(properties.IO_DEVICE_PROPERTY[key], []).append((node, value))
+        props += [enc(prop, caps) for prop, caps in by_property.items()]
         try:
             self.conn.call_manager("StartTransientUnit", "ssa(sv)a(sa(sv))",
                                    (name, "fail", props, []))
@@ -146,6 +152,15 @@ class SystemdBackend:
                 self.conn.call_manager("KillUnit", "ssi", (name, "control", 9))
         except BusError:
             pass
+
+    def fd_store_max(self, pid: int) -> int | None:
+        """FileDescriptorStoreMax= of the service process pid runs in; None if unknown."""
+        try:
+            (path,) = self.conn.call_manager("GetUnitByPID", "u", (pid,))
+            value = self.conn.get_all(path, SERVICE_IFACE).get("FileDescriptorStoreMax")
+        except BusError:
+            return None
+        return int(value) if isinstance(value, int) else None
 
     def adopt(self, spec: JobSpec, log: Log, phase: str, cgroup: str | None,
               enforced: dict) -> ServiceJob | ScopeJob:

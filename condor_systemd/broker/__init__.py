@@ -54,6 +54,8 @@ def main(socket_path: str | None = None, policy_file: str = POLICY_FILE) -> int:
         os.close(fd)
     server = Server(listeners or [_listen(socket_path or SOCKET)], backend, policy, log)
     server.watch_signals()
+    if os.environ.get("NOTIFY_SOCKET"):  # a service of systemd's: its fd store keeps our jobs
+        server.measure_restart_room()
     server.take_back(entries)
     fdstore.notify("READY=1")
     server.serve()

@@ -16,6 +16,7 @@ on cgroup v2 and on v1/hybrid, so that the broker can cap the job's unit by them
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import struct
@@ -108,6 +109,8 @@ class Caps(NamedTuple):
     cpu_weight: int | None = None  # its own cpu.weight (v1: cpu.shares as a weight)
     swap_max: int | None = None  # memory.swap.max on the way up (v2)
     mems: tuple[int, ...] | None = None  # its cpuset's memory nodes
+    # its I/O caps: (device "MAJ:MIN", Limits field, value), the tightest on the way up
+    io: tuple[tuple[str, str, int], ...] = ()
 
 
 def cgroup_caps(pid: int, layout: cgroupfs.Layout | None = None,
@@ -118,6 +121,7 @@ def cgroup_caps(pid: int, layout: cgroupfs.Layout | None = None,
     layout = layout or cgroupfs.probe_layout()
     paths = _cgroup_paths(f"{proc}/{pid}/cgroup")
     memory = cpu = tasks = weight = swap = None
+    io: dict[tuple[str, str], int] = {}
     mems: tuple[int, ...] | None = None
     cpus: tuple[int, ...] | None = None
     events = None
@@ -128,6 +132,7 @@ def cgroup_caps(pid: int, layout: cgroupfs.Layout | None = None,
             swap = _min(swap, _bytes(directory, "memory.swap.max"))
             tasks = _min(tasks, _bytes(directory, "pids.max"))
             cpu = _min(cpu, _v2_quota(directory))
+            _io_caps(io, _v2_io(_read(directory, "io.max")))
         cpus = _cpus(layout.unified + unified, "cpuset.cpus.effective")
         mems = _cpus(layout.unified + unified, "cpuset.mems.effective")
         weight = _bytes(layout.unified + unified, "cpu.weight") if unified != "/" else None
@@ -149,6 +154,11 @@ def cgroup_caps(pid: int, layout: cgroupfs.Layout | None = None,
                 cpu = _min(cpu, _v1_quota(directory))
             shares = _bytes(mount + path, "cpu.shares") if path != "/" else None
             weight = None if shares is None else max(1, min(10000, round(shares * 100 / 1024)))
+        mount, path = layout.v1.get("blkio"), paths.get("blkio")
+        if mount and path is not None:
+            for directory in _ancestors(mount, path):
+                for name, key in V1_IO_FILES.items():
+                    _io_caps(io, _v1_io(_read(directory, name), key))
         mount, path = layout.v1.get("cpuset"), paths.get("cpuset")
         if mount and path is not None:
             cpus = _cpus(mount + path, "cpuset.effective_cpus")
@@ -157,7 +167,45 @@ def cgroup_caps(pid: int, layout: cgroupfs.Layout | None = None,
             events = os.path.join(layout.unified + unified, "cgroup.events")
     cgroup = unified if unified is not None else paths.get("name=systemd")
     return Caps(memory, cpu, cpus, tasks, cgroup, events if events and os.path.exists(events)
-                else None, weight, swap, mems)
+                else None, weight, swap, mems,
+                tuple(sorted((device, key, value) for (device, key), value in io.items())))
+
+
+# io.max's keys (v2), and v1's throttle files, as Limits fields
+V2_IO_KEYS = {"rbps": "io_read_bandwidth", "wbps": "io_write_bandwidth",
+              "riops": "io_read_iops", "wiops": "io_write_iops"}
+V1_IO_FILES = {"blkio.throttle.read_bps_device": "io_read_bandwidth",
+               "blkio.throttle.write_bps_device": "io_write_bandwidth",
+               "blkio.throttle.read_iops_device": "io_read_iops",
+               "blkio.throttle.write_iops_device": "io_write_iops"}
+
+
+def _io_caps(caps: dict[tuple[str, str], int], entries: list[tuple[str, str, str]]) -> None:
+    """Fold (device, Limits field, value) entries of one cgroup into caps, keeping the
+    tightest per device and kind; "max" is no cap."""
+    for device, key, value in entries:
+        if re.fullmatch(r"\d+:\d+", device) and value.isdigit():
+            current = caps.get((device, key))
+            caps[(device, key)] = int(value) if current is None else min(current, int(value))
+
+
+def _v2_io(text: str | None) -> list[tuple[str, str, str]]:
+    """io.max: "8:0 rbps=1048576 wbps=max riops=max wiops=max", a line per device."""
+    out = []
+    for line in (text or "").splitlines():
+        if not line.strip():
+            continue
+        device, *pairs = line.split()
+        for name, _, value in (pair.partition("=") for pair in pairs):
+            if name in V2_IO_KEYS:
+                out.append((device, V2_IO_KEYS[name], value))
+    return out
+
+
+def _v1_io(text: str | None, key: str) -> list[tuple[str, str, str]]:
+    """A blkio.throttle.*_device file: "8:0 1048576", a line per device."""
+    return [(fields[0], key, fields[1]) for fields in
+            (line.split() for line in (text or "").splitlines()) if len(fields) == 2]
 
 
 def _cgroup_paths(path: str) -> dict[str, str]:

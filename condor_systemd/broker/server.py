@@ -57,6 +57,7 @@ class Server:
         self.freeze_watches: dict[int, Session] = {}  # inotify watch -> session
         self._seq = itertools.count()
         self.stopping = False
+        self.restart_room: int | None = None  # jobs the fd store keeps (None: no limit known)
 
     # -- the loop ------------------------------------------------------------------------------
     def serve(self) -> None:
@@ -366,6 +367,27 @@ class Server:
             self.log.warning(f"cannot tell a restart from a stop ({exc}): stopping")
             return False
         return "restart" in job_type
+
+    def measure_restart_room(self) -> None:
+        """How many jobs systemd's fd store can keep across a restart (two fds each): a job
+        beyond that would lose its exit status in a restart, so it is refused instead."""
+        store_max = self.backend.fd_store_max(os.getpid())
+        if store_max is None:
+            self.log.warning("cannot read our FileDescriptorStoreMax: jobs are not counted "
+                             "against the fd store")
+            return
+        self.restart_room = store_max // 2
+        if self.restart_room < self.policy.max_connections:
+            self.log.warning(f"FileDescriptorStoreMax={store_max} keeps {self.restart_room} "
+                             "jobs across a restart of the broker, fewer than max_connections "
+                             f"({self.policy.max_connections}): more jobs are refused")
+
+    def store_full(self) -> bool:
+        """No room left in the fd store for one more job."""
+        if self.restart_room is None:
+            return False
+        kept = sum(1 for s in self.by_unit.values() if s.kept is not None)
+        return kept >= self.restart_room
 
     def hand_over(self) -> None:
         """A restart: leave every job running. Its connection and state are in systemd's fd

@@ -211,6 +211,13 @@ class Session:
         if self.peer.uid != 0 and self.server.jobs_of(self.peer.uid) >= limit:
             self.release_held_fds()
             return interface.reply_error(interface.TOO_MANY_JOBS, limit=limit)
+        if self.server.store_full():
+            self.release_held_fds()
+            return interface.reply_error(
+                interface.LAUNCH_FAILED, exit_code=125,
+                message=f"the broker keeps {self.server.restart_room} jobs across a restart "
+                        "(FileDescriptorStoreMax=) and all are in use: refused rather than run "
+                        "without its exit status surviving a restart")
         self.log = SessionLog(self)
         for key, why in self.capped:
             self.log.notice(f"{key}: {why}")
@@ -467,7 +474,7 @@ class Session:
         if replaced or not self.peer.alive():
             self.hang_up()
             return
-        if self.saved_phase == "starting" and binds_by_fd(self.spec):
+        if self.job.phase == "starting" and binds_by_fd(self.spec):
             self.refuse_half_started()
             return
         self.caps = peer.cgroup_caps(self.peer.pid, self.server.backend.layout)
@@ -480,13 +487,14 @@ class Session:
         self.job_event()
 
     def refuse_half_started(self) -> None:
-        """Its unit was starting when the broker before us died: its directories are bound
-        from that broker's fds (BindPaths= /proc/<pid>/fd/<n>), gone now, so the job may have
-        been set up without them (the holder must tolerate a missing source, and so does the
-        job's process). Such a job is killed and said, never left to run so."""
+        """Its unit is still starting, and the broker before us is gone: its directories are
+        bound from that broker's fds (BindPaths= /proc/<pid>/fd/<n>), which are gone too, so
+        the job may be set up without them (a missing source is skipped, for the holder's
+        sake). None of the job's own code has run yet (systemd says the start is not done):
+        it is killed, and its caller told so (125: HTCondor requeues it)."""
         assert self.job is not None and self.log is not None and self.spec is not None
         message = (f"the broker restarted while {self.spec.unit_name} was starting: its "
-                   "directories can no longer be bound, so the job was killed")
+                   "directories can no longer be bound, so it was stopped before it ran")
         self.log.error(message)
         self.final_sent = True
         self.final_reply = interface.reply_error(interface.LAUNCH_FAILED, exit_code=125,

@@ -10,7 +10,7 @@ import signal
 import time
 
 from tests import workloads
-from tests.jobs import PY, wait_files
+from tests.jobs import EMULATED, PY, wait_files
 
 # Job B: leaves a file in its directory and in its /tmp, says its pids as its own namespace
 # numbers them, and waits to be found (up to 60 s).
@@ -145,8 +145,11 @@ def test_an_isolated_job_is_accounted_like_any_other(jobs):
     assert usage["exit_code"] == 0, usage
     if not jobs.expect.has_unit:
         return  # no namespace, no holder: test_accounting.py holds the fallback to its figures
-    # bounds of test_accounting.py's test of the same workload (reasons there)
+    # bounds of test_accounting.py's test of the same workload (reasons there), plus the
+    # isolation helper (pidns.py, one more interpreter in the unit): +0.65 s and +0.80 s of
+    # user time measured on an emulated guest, where an interpreter's start costs ten times more
     user, system = usage["cpu_user_seconds"], usage["cpu_system_seconds"]
     assert user is not None and system is not None, usage["accuracy"]
-    assert 0.95 * truth_user <= user <= 1.10 * truth_user + 0.15, (user, truth_user)
-    assert 0.95 * truth_sys <= system <= 1.10 * truth_sys + 0.15, (system, truth_sys)
+    slack = 1.0 if EMULATED else 0.15
+    assert 0.95 * truth_user <= user <= 1.10 * truth_user + slack, (user, truth_user)
+    assert 0.95 * truth_sys <= system <= 1.10 * truth_sys + slack, (system, truth_sys)

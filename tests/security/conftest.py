@@ -87,3 +87,10 @@ def execute(users):
         dirs[key] = path
     yield root, dirs
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def facts(broker):  # noqa: ANN001, ANN201
+    from tests.systemd.conftest import Facts
+
+    return Facts(broker)

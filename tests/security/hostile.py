@@ -231,6 +231,35 @@ def three_jobs(directory: str, mib: str) -> dict:
     return {"finals": finals, "outs": outs}
 
 
+WRITE = """
+import mmap, os, sys, time
+block = mmap.mmap(-1, 1 << 20)  # page aligned, as O_DIRECT wants
+start = time.monotonic()
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT)
+for _ in range(int(sys.argv[2])):
+    os.write(fd, block)
+os.close(fd)
+print(time.monotonic() - start)
+"""
+
+
+def two_writers(directory: str, disk_directory: str, mib: str) -> dict:
+    """Two jobs at once from our one cgroup, each writing MIB MiB past the page cache to
+    DISK_DIRECTORY: capped per job only, each had our cgroup's whole I/O budget."""
+    calls = []
+    for n in "01":
+        job_dir = os.path.join(directory, f"writer{n}")
+        os.mkdir(job_dir)
+        calls.append(run_call(job_dir, ["/usr/bin/python3", "-c", WRITE,
+                                        os.path.join(disk_directory, f"data{n}"), mib]))
+    finals = [final(sock) for sock, _out in calls]
+    outs = []
+    for sock, out in calls:
+        sock.close()
+        outs.append(read(out))
+    return {"finals": finals, "outs": outs}
+
+
 def connection_outlives_caller(directory: str) -> dict:
     """Start a job, hand the connection to a child of ours that keeps it open, and die: the
     broker saw no hang-up before, and the job ran on (HTCondor's hard kill kills the wrapper;
@@ -327,6 +356,7 @@ ATTACKS = {
     "hold-connections": hold_connections,
     "signal-flood": signal_flood,
     "three-jobs": three_jobs,
+    "two-writers": two_writers,
     "connection-outlives-caller": connection_outlives_caller,
     "kill-held-job": kill_held_job,
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -126,6 +127,41 @@ def test_a_callers_jobs_together_stay_within_its_cgroup(users, execute, broker):
     assert "all three held at once" not in " ".join(got["outs"]), got
     signals = [(f or {}).get("parameters", {}).get("signal") for f in got["finals"]]
     assert signal.SIGKILL in signals, got  # the kernel's OOM kill, in the slice
+
+
+def test_a_callers_jobs_together_stay_within_its_io_caps(users, execute, broker, facts):
+    """The attacker's cgroup may write 10 MiB/s to the guests' second disk (a slot's I/O cap);
+    it starts two jobs at once, each writing 20 MiB past the page cache. Together in its
+    slice, 40 MiB at 10 MiB/s take about 4 s, each job's own clock says (capped per job, each
+    took 2 s; uncapped, 0.03 s; half the cap would take 8 s)."""
+    facts.need_v2()
+    from tests.systemd.test_io_disk import MOUNT
+
+    if not os.path.exists("/dev/vdb"):
+        pytest.fail("the VM tier's guests have a second disk, /dev/vdb (tests/vm/harness.py)")
+    _root, dirs = execute
+    attacker = users["attacker"]
+    os.makedirs(MOUNT, exist_ok=True)
+    if not os.path.ismount(MOUNT):
+        subprocess.run(["mount", "/dev/vdb", MOUNT], check=True)
+    disk_dir = os.path.join(MOUNT, "csd-sec-io")
+    os.makedirs(disk_dir, exist_ok=True)
+    os.chown(disk_dir, attacker.uid, attacker.gid)
+    try:
+        proc = broker.run(
+            ["systemd-run", "--quiet", "--scope", "--unit", "csd-sec-io-slot",
+             "-p", "IOWriteBandwidthMax=/dev/vdb 10M", "--",
+             *attacker.as_user(harness.CLIENT_PYTHON, str(HOSTILE), "two-writers",
+                               str(dirs["attacker"]), disk_dir, "20")],
+            str(dirs["attacker"]), capture_output=True, text=True, timeout=180, check=False)
+        assert proc.returncode == 0, proc.stderr
+        got = json.loads(proc.stdout.splitlines()[-1])
+        assert [f["parameters"]["exit_code"] for f in got["finals"]] == [0, 0], got
+        took = [float(out) for out in got["outs"]]
+        assert max(took) >= 3.2 and min(took) >= 2.4, took
+        assert max(took) <= 6, took
+    finally:
+        shutil.rmtree(disk_dir, ignore_errors=True)
 
 
 # -- 3. another user's job, its environment and its record ----------------------------------------

@@ -48,6 +48,66 @@ def test_caps_are_the_tightest_on_the_way_up_and_the_weight_is_the_callers_own(t
     assert caps.cgroup == CGROUP
 
 
+def test_io_caps_are_the_tightest_per_device_and_kind_on_the_way_up(tmp_path):
+    """io.max (v2): each device's caps, the tightest of the caller's cgroup and its
+    ancestors; "max" is none. A slot's caps thus go onto its caller slice (slices.io_caps)."""
+    layout, proc = tree(tmp_path, {
+        "/condor.service/io.max": "8:0 rbps=max wbps=5242880 riops=max wiops=max\n",
+        f"{CGROUP}/io.max": "8:0 rbps=1048576 wbps=10485760 riops=max wiops=300\n"
+                            "254:16 rbps=max wbps=max riops=50 wiops=max\n",
+    })
+    caps = peer.cgroup_caps(42, layout, proc)
+    assert caps.io == (("254:16", "io_read_iops", 50), ("8:0", "io_read_bandwidth", 1048576),
+                       ("8:0", "io_write_bandwidth", 5242880), ("8:0", "io_write_iops", 300))
+
+
+def test_io_caps_on_cgroup_v1(tmp_path):
+    """blkio.throttle.*_device (v1/hybrid): "MAJ:MIN value" a line, the tightest on the way up."""
+    (tmp_path / "proc" / "42").mkdir(parents=True)
+    (tmp_path / "proc" / "42" / "cgroup").write_text(f"3:blkio:{CGROUP}\n1:name=systemd:{CGROUP}\n")
+    blkio = tmp_path / "blkio"
+    for directory, text in (("condor.service", "8:0 2097152\n"), (CGROUP, "8:0 4194304\n")):
+        (blkio / directory.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        (blkio / directory.lstrip("/") / "blkio.throttle.write_bps_device").write_text(text)
+    (blkio / CGROUP.lstrip("/") / "blkio.throttle.read_iops_device").write_text("8:16 70\n")
+    layout = Layout("hybrid", None, {"blkio": str(blkio)})
+    caps = peer.cgroup_caps(42, layout, str(tmp_path / "proc"))
+    assert caps.io == (("8:0", "io_write_bandwidth", 2097152), ("8:16", "io_read_iops", 70))
+
+
+def test_io_caps_on_a_device_without_a_node_refuse_the_job(tmp_path, monkeypatch):
+    """The slice names devices by node: a cap on one without a node here cannot be carried,
+    and the job is refused (fail closed) rather than run past it."""
+    monkeypatch.setattr(slices.blockdev, "node_of", lambda number: None)
+    caps = peer.Caps(io=(("8:0", "io_write_bandwidth", 1048576),))
+    with pytest.raises(LaunchError, match="block device 8:0, which has no device node"):
+        slices.io_caps(caps)
+
+
+class RecordingBackend:
+    """What the slice is started with (SystemdBackend.ensure_slice's arguments)."""
+
+    def __init__(self) -> None:
+        self.slices: list[tuple] = []
+
+    def ensure_slice(self, *args: object) -> None:
+        self.slices.append(args)
+
+
+def test_the_callers_io_caps_go_onto_its_slice_by_device_node(monkeypatch):
+    monkeypatch.setattr(slices.blockdev, "node_of", {"8:0": "/dev/sda"}.get)
+    backend = RecordingBackend()
+    caps = peer.Caps(memory_max=1 << 30, cgroup=CGROUP,
+                     io=(("8:0", "io_write_bandwidth", 1048576), ("8:0", "io_read_iops", 70)))
+    slices.CallerSlices(backend).enter("condor-u1000_c0123456789abcdef.slice", 1000, caps, True)
+    [(_name, _description, limits, _weight, io)] = backend.slices
+    assert limits.memory_max == 1 << 30
+    assert io == (("/dev/sda", "io_write_bandwidth", 1048576), ("/dev/sda", "io_read_iops", 70))
+    # the policy says not to cap by the caller's cgroup: nothing of it goes onto the slice
+    slices.CallerSlices(backend).enter("condor-u1000_c0123456789abcdef.slice", 1000, caps, False)
+    assert backend.slices[1][2].memory_max is None and backend.slices[1][4] == ()
+
+
 def test_an_absent_limit_file_is_no_limit(tmp_path):
     """A controller not enabled there: its files are not there, and limit nothing."""
     layout, proc = tree(tmp_path, {f"{CGROUP}/cgroup.procs": "42\n"})
