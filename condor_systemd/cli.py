@@ -64,6 +64,10 @@ def _int_range(what: str, low: int, high: int) -> Callable[[str], object]:
     return _typed(lambda text: parse_int(text, what, low, high))
 
 
+SOCKET_HELP = ("the broker's socket (default: $CONDOR_SYSTEMD_SOCKET, else "
+               "/run/condor-systemd/io.condorsystemd.Job); given, the environment is not asked")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKENDS
     from .backends.properties import parse_assignment
@@ -118,11 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sample-interval", metavar="SECONDS", type=_typed(parse_interval), default=1.0,
         help="psutil fallback: seconds between samples of the job's processes (default 1)")
     add("--log-file", metavar="PATH", help="also append diagnostics here")
+    add("--socket", metavar="PATH", help=SOCKET_HELP)
     add("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     probe = verbs.add_parser("probe", help="say which backend run would use here, and why")
     probe.add_argument("--backend", choices=BACKENDS, default="auto")
     probe.add_argument("--classad", action="store_true",
                        help="for HTCondor's STARTD_CRON: can the broker take jobs now?")
+    probe.add_argument("--socket", metavar="PATH", help=SOCKET_HELP)
     broker = verbs.add_parser("broker", help="the root service that runs every user's jobs")
     broker.add_argument("--socket", metavar="PATH",
                         help="listen here when not socket-activated (default "
@@ -295,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = Log()
     try:
         args = build_parser().parse_args(argv)
+        if args.verb in ("run", "probe") and args.socket is not None:
+            from .client import use_socket
+
+            use_socket(args.socket)
         if args.verb == "probe":
             return _probe_for_startd() if args.classad else _probe(args.backend)
         if args.verb == "broker":

@@ -53,8 +53,18 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signa
 NOTICE = 5  # syslog priority: notices and worse reach a terminal
 
 
+_chosen_socket: str | None = None  # --socket: the root-owned wrapper's, not the job's word
+
+
+def use_socket(path: str | None) -> None:
+    """The broker's socket as the command line names it; it wins over the environment, which
+    under HTCondor is the job's (getenv = true) and must not choose the broker."""
+    global _chosen_socket
+    _chosen_socket = path
+
+
 def socket_path() -> str:
-    return os.environ.get(SOCKET_VARIABLE) or SOCKET
+    return _chosen_socket or os.environ.get(SOCKET_VARIABLE) or SOCKET
 
 
 def broker_installed() -> bool:

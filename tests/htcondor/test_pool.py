@@ -404,3 +404,47 @@ def test_jobs_side_by_side_on_the_partitionable_slot_each_have_their_own_limits(
                                              r"condor-job-u", u) for u in units), units
     assert len({u.rsplit("/", 2)[-2] for u in units}) == 2, units  # a slice per slot
     assert max(s for s, _ in spans) < min(e for _, e in spans), f"not side by side: {spans}"
+
+
+EVIL_PROGRAM = "#!/bin/sh\ntouch {marker}\nexit 0\n"
+EVIL_MODULE = "open({marker!r}, 'w').close()\nraise SystemExit(0)\n"
+
+
+def test_the_jobs_environment_does_not_steer_the_wrapper(pool, tmp_path):
+    """getenv = true, and the submitter's environment is hostile: a PATH whose first directory
+    has its own condor-systemd and python3, a PYTHONPATH with its own condor_systemd package,
+    a PYTHONHOME that no interpreter can start from, and CONDOR_SYSTEMD_SOCKET naming a
+    broker of its own. The job runs through the real broker all the same (its unit in
+    condor.slice, its own exit code), none of the hostile code ran, and the job itself got that
+    environment unchanged, as HTCondor gives it."""
+    work = Path("/home") / SUBMITTER / f"csd-{tmp_path.name}"
+    evil = work / "evil"
+    (evil / "bin").mkdir(parents=True)
+    (evil / "py" / "condor_systemd").mkdir(parents=True)
+    for name in ("condor-systemd", "python3"):
+        program = evil / "bin" / name
+        program.write_text(EVIL_PROGRAM.format(marker=evil / f"ran-{name}"))
+        program.chmod(0o755)
+    for name in ("__init__.py", "launch.py"):
+        (evil / "py" / "condor_systemd" / name).write_text(
+            EVIL_MODULE.format(marker=str(evil / f"imported-{name}")))
+    subprocess.run(["chown", "-R", SUBMITTER, str(work)], check=True)
+    hostile = {"PATH": f"{evil}/bin:/usr/local/bin:/usr/bin:/bin",
+               "PYTHONPATH": str(evil / "py"), "PYTHONHOME": str(evil / "nowhere"),
+               "CONDOR_SYSTEMD_SOCKET": str(evil / "broker.sock")}
+    script = "cat /proc/self/cgroup; echo socket=$CONDOR_SYSTEMD_SOCKET; exit 4"
+    (work / "job.sub").write_text(
+        f"executable = /bin/sh\narguments = \"-c '{script}'\"\ngetenv = true\n"
+        "output = out\nerror = err\nlog = log\nshould_transfer_files = NO\nqueue\n")
+    proc = subprocess.run(["runuser", "-u", SUBMITTER, "--", "env",
+                           *(f"{k}={v}" for k, v in hostile.items()),
+                           "/usr/bin/condor_submit", "-terse", "job.sub"],
+                          cwd=work, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    ad = finished(int(proc.stdout.split(".")[0]))
+    assert ad["ExitCode"] == 4, ad
+    out = (work / "out").read_text().splitlines()
+    assert any(re.search(r"/condor\.slice/condor-u\d+_c[0-9a-f]{16}\.slice/condor-job-u", line)
+               for line in out), (out, (work / "err").read_text())
+    assert f"socket={evil / 'broker.sock'}" in out  # the job's environment, as it was given
+    assert sorted(p.name for p in evil.iterdir()) == ["bin", "py"], "hostile code ran"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 # Each costs a start of the client milliseconds (enum ~2.5 ms, json with re ~5 ms on the CI
 # machine) or belongs to the in-process path only.
@@ -69,3 +71,28 @@ def test_every_package_is_installed():
     for init in sorted(ROOT.joinpath("condor_systemd").rglob("__init__.py")):
         name = ".".join(init.parent.relative_to(ROOT).parts)
         assert f'"{name}"' in listed, f"{name} is not installed (pyproject.toml packages)"
+
+
+@pytest.mark.parametrize(("options", "taken"), [
+    (["--memory", "1G"], (["--memory", "1G"], None)),
+    (["--socket", "/run/x.sock", "--memory", "1G"], (["--memory", "1G"], "/run/x.sock")),
+    (["--memory", "1G", "--socket=/run/x.sock"], (["--memory", "1G"], "/run/x.sock")),
+    (["--socket"], None),
+    (["--socket="], None),
+])
+def test_socket_is_taken_from_the_options_before_they_go_to_the_broker(options, taken):
+    from condor_systemd.launch import take_socket
+
+    assert take_socket(options) == taken
+
+
+def test_a_socket_named_on_the_command_line_wins_over_the_environment(monkeypatch):
+    """Under HTCondor the environment is the job's (getenv = true): the root-owned wrapper
+    names the broker's socket, and CONDOR_SYSTEMD_SOCKET then chooses nothing."""
+    from condor_systemd import client
+
+    monkeypatch.setenv(client.SOCKET_VARIABLE, "/home/someone/fake-broker")
+    assert client.socket_path() == "/home/someone/fake-broker"
+    monkeypatch.setattr(client, "_chosen_socket", None)
+    client.use_socket("/run/condor-systemd/io.condorsystemd.Job")
+    assert client.socket_path() == "/run/condor-systemd/io.condorsystemd.Job"
