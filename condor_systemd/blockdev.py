@@ -32,11 +32,9 @@ def whole_disk(st_dev: int, sys_block: str = "/sys/dev/block",
     try:
         with open(os.path.join(sysfs, "dev")) as f:
             number = f.read().strip()
-        with open(os.path.join(sysfs, "uevent")) as f:
-            fields = dict(line.strip().split("=", 1) for line in f if "=" in line)
+        node = f"/dev/{_uevent(sysfs).get('DEVNAME', os.path.basename(sysfs))}"
     except OSError as exc:
         return None, f"cannot read {sysfs}: {exc.strerror}"
-    node = f"/dev/{fields.get('DEVNAME', os.path.basename(sysfs))}"
     if not os.path.exists(node):
         return None, f"the job's directory is on {number}, which has no {node}"
     return Disk(node, number), ""
@@ -45,12 +43,16 @@ def whole_disk(st_dev: int, sys_block: str = "/sys/dev/block",
 def node_of(number: str, sys_block: str = "/sys/dev/block") -> str | None:
     """The device node of block device "MAJ:MIN" (what systemd's IO*Max= take), if any."""
     try:
-        with open(f"{sys_block}/{number}/uevent") as f:
-            fields = dict(line.strip().split("=", 1) for line in f if "=" in line)
+        name = _uevent(f"{sys_block}/{number}").get("DEVNAME")
     except OSError:
         return None
-    node = f"/dev/{fields['DEVNAME']}" if "DEVNAME" in fields else None
-    return node if node is not None and os.path.exists(node) else None
+    return f"/dev/{name}" if name and os.path.exists(f"/dev/{name}") else None
+
+
+def _uevent(sysfs: str) -> dict[str, str]:
+    """A device's uevent file (DEVNAME=sda...) as a dict; OSError if unreadable."""
+    with open(os.path.join(sysfs, "uevent")) as f:
+        return dict(line.strip().split("=", 1) for line in f if "=" in line)
 
 
 def _fstype(major: int, minor: int, mountinfo: str) -> str:

@@ -171,18 +171,38 @@ def hold_connections(count: str, seconds: str) -> None:
                 held.append(again)
 
 
-def signal_flood(directory: str, count: str) -> dict:
-    """COUNT forwarded signals as fast as we can send them, then kill our own job's main
-    process: before, the broker crashed (and five such crashes in 10 s would have hit
-    systemd's start limit: no broker for anybody)."""
+def job_with_pid(directory: str, seconds: int) -> tuple[socket.socket, dict, int | None]:
+    """A job that writes its pid and sleeps SECONDS: the connection, the first reply, and the
+    job's pid (None if it never started)."""
     pid_file = os.path.join(directory, "pid")
-    sock, _out = run_call(directory, ["/bin/sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"])
+    sock, _out = run_call(directory, ["/bin/sh", "-c",
+                                      f"echo $$ > {pid_file}; exec sleep {seconds}"])
     first = next(replies(sock))
     deadline = time.monotonic() + 30
     while not read(pid_file):
         if time.monotonic() > deadline:
-            return {"first": first, "error": "the job never started"}
+            return sock, first, None
         time.sleep(0.05)
+    return sock, first, int(read(pid_file))
+
+
+def finals_and_outputs(calls: list[tuple[socket.socket, str]]) -> dict:
+    """Every call's final reply, then what its job wrote."""
+    finals = [final(sock) for sock, _out in calls]
+    outs = []
+    for sock, out in calls:
+        sock.close()
+        outs.append(read(out))
+    return {"finals": finals, "outs": outs}
+
+
+def signal_flood(directory: str, count: str) -> dict:
+    """COUNT forwarded signals as fast as we can send them, then kill our own job's main
+    process: before, the broker crashed (and five such crashes in 10 s would have hit
+    systemd's start limit: no broker for anybody)."""
+    sock, first, job = job_with_pid(directory, 60)
+    if job is None:
+        return {"first": first, "error": "the job never started"}
     message = varlink.encode({"method": SIGNAL, "oneway": True,
                               "parameters": {"signal": int(signal.SIGWINCH)}})
     sent = 0
@@ -192,7 +212,7 @@ def signal_flood(directory: str, count: str) -> dict:
             sent += 1
         except OSError:
             break
-    os.kill(int(read(pid_file)), signal.SIGKILL)
+    os.kill(job, signal.SIGKILL)
     reply = final(sock)
     sock.close()
     return {"first": first, "sent": sent, "final": reply}
@@ -223,12 +243,7 @@ def three_jobs(directory: str, mib: str) -> dict:
         job_dir = os.path.join(directory, f"job{n}")
         os.mkdir(job_dir)
         calls.append(run_call(job_dir, ["/usr/bin/python3", "-c", HOLD, directory, n, mib]))
-    finals = [final(sock) for sock, _out in calls]
-    outs = []
-    for sock, out in calls:
-        sock.close()
-        outs.append(read(out))
-    return {"finals": finals, "outs": outs}
+    return finals_and_outputs(calls)
 
 
 WRITE = """
@@ -252,12 +267,7 @@ def two_writers(directory: str, disk_directory: str, mib: str) -> dict:
         os.mkdir(job_dir)
         calls.append(run_call(job_dir, ["/usr/bin/python3", "-c", WRITE,
                                         os.path.join(disk_directory, f"data{n}"), mib]))
-    finals = [final(sock) for sock, _out in calls]
-    outs = []
-    for sock, out in calls:
-        sock.close()
-        outs.append(read(out))
-    return {"finals": finals, "outs": outs}
+    return finals_and_outputs(calls)
 
 
 def connection_outlives_caller(directory: str) -> dict:
@@ -299,15 +309,10 @@ def kill_held_job(directory: str) -> dict:
 
 
 def stop_caller_and_kill_job(directory: str) -> dict:
-    pid_file = os.path.join(directory, "pid")
-    sock, _out = run_call(directory, ["/bin/sh", "-c", f"echo $$ > {pid_file}; exec sleep 300"])
-    first = next(replies(sock))
-    deadline = time.monotonic() + 30
-    while not read(pid_file):
-        if time.monotonic() > deadline:
-            return {"first": first, "error": "the job never started"}
-        time.sleep(0.05)
-    job, caller = int(read(pid_file)), os.getpid()
+    sock, first, job = job_with_pid(directory, 300)
+    if job is None:
+        return {"first": first, "error": "the job never started"}
+    caller = os.getpid()
     report = os.path.join(directory, "held")
     if os.fork() == 0:  # the second process: waits until the broker holds the job, kills it
         held = ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from condor_systemd.blockdev import Disk, whole_disk
+from condor_systemd.blockdev import Disk, node_of, whole_disk
 
 
 def sysfs(tmp_path, disk: str, number: str, partitions: dict[str, str]) -> str:
@@ -46,3 +46,13 @@ def test_no_block_device_names_the_file_system(tmp_path):
         (None, "the job's directory is on tmpfs, which has no block device")
     assert whole_disk(os.makedev(0, 99), mountinfo=str(mountinfo))[1].startswith(
         "the job's directory is on device 0:99")
+
+
+def test_node_of_a_device_number_is_its_uevent_devname_when_the_node_exists(tmp_path):
+    """What the caller slice names a cap's device by (slices.io_caps)."""
+    for number, name in (("1:3", "null"), ("8:0", "csd-no-such-disk")):
+        (tmp_path / number).mkdir()
+        (tmp_path / number / "uevent").write_text(f"MAJOR=1\nDEVNAME={name}\nDEVTYPE=disk\n")
+    assert node_of("1:3", str(tmp_path)) == "/dev/null"
+    assert node_of("8:0", str(tmp_path)) is None  # no such node here
+    assert node_of("9:9", str(tmp_path)) is None  # no such device
